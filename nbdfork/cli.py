@@ -1,0 +1,55 @@
+"""The `nbdfork` command line: argument parsing only; each subcommand lives in nbdfork.commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from nbdfork import __version__
+from nbdfork.commands import COMMANDS
+from nbdfork.errors import NbdforkError
+
+__all__ = ["build_parser", "main"]
+
+_EPILOG = """\
+examples:
+  nbdfork run                       the default stable_writes matrix under a real kernel
+  nbdfork serve --size 1G --report out/   serve the device on a unix socket
+  nbdfork verify out/               summarise a report directory's events
+  nbdfork report out/               re-render report.md/html and plots from saved files
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="nbdfork",
+        description="Measure what a real Linux kernel sends to a block device while pages are "
+        "under writeback: torn, stale and overlapping writes, stable pages vs page forking.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"nbdfork {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; an NbdforkError becomes one line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.handler(args)
+    except NbdforkError as exc:
+        print(f"nbdfork {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nbdfork {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

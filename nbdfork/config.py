@@ -1,0 +1,270 @@
+"""Device configuration: the nbdkit `key=value` parameters, parsed and validated in one place.
+
+The same table drives the plugin's `config()`/`config_complete()`, `nbdkit python ... --help`
+and the `nbdfork serve` options, so a parameter exists once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from nbdfork.errors import ConfigError
+
+__all__ = [
+    "OPS",
+    "PARAMS",
+    "DeviceConfig",
+    "LatencySpec",
+    "Op",
+    "Param",
+    "check_known",
+    "help_text",
+    "parse_duration",
+    "parse_params",
+    "parse_size",
+]
+
+Op = Literal["read", "write", "flush", "trim"]
+OPS: tuple[Op, ...] = ("read", "write", "flush", "trim")
+
+MAX_SIZE = 1 << 46  # 64 TiB: comfortably inside a 47-bit user address space for the mmap store
+_SIZE_SUFFIXES = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|ms|s)?\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySpec:
+    """A latency in seconds: fixed `a`; uniform in [a, b]; lognormal with median a, sigma b."""
+
+    kind: Literal["none", "fixed", "uniform", "lognormal"] = "none"
+    a: float = 0.0
+    b: float = 0.0
+
+    def describe(self) -> str:
+        """The spec back in the parameter syntax, for summaries."""
+        if self.kind == "none":
+            return "0"
+        if self.kind == "fixed":
+            return _fmt_duration(self.a)
+        if self.kind == "uniform":
+            return f"uniform:{_fmt_duration(self.a)}:{_fmt_duration(self.b)}"
+        return f"lognormal:{_fmt_duration(self.a)}:{self.b:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """Everything the emulated device needs; built only through `parse_params`."""
+
+    size: int
+    file: Path | None = None
+    report: Path | None = None
+    seed: int = 0
+    seed_given: bool = False
+    oracle: bool = True
+    latency: Mapping[Op, LatencySpec] = field(default_factory=dict)
+    bandwidth: float | None = None
+    stall_probability: float = 0.0
+    stall: float = 0.0
+
+    def latency_for(self, op: Op) -> LatencySpec:
+        """The latency spec of one op type (no latency when not configured)."""
+        return self.latency.get(op, LatencySpec())
+
+    @property
+    def has_latency(self) -> bool:
+        """True when any request may be delayed at all."""
+        active = any(spec.kind != "none" for spec in self.latency.values())
+        return active or self.bandwidth is not None or self.stall_probability > 0
+
+    def settings(self) -> dict[str, object]:
+        """The settings as plain JSON values, recorded in every summary and report."""
+        return {
+            "size": self.size,
+            "file": str(self.file) if self.file else None,
+            "oracle": self.oracle,
+            "seed": self.seed,
+            "latency": {op: self.latency_for(op).describe() for op in OPS},
+            "bandwidth": self.bandwidth,
+            "stall_probability": self.stall_probability,
+            "stall": self.stall,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One `key=value` parameter: its help line, value syntax and whether it is required."""
+
+    key: str
+    metavar: str
+    help: str
+    required: bool = False
+
+
+PARAMS: tuple[Param, ...] = (
+    Param("size", "SIZE", "device size, e.g. 512M, 64G (binary suffixes k M G T)", required=True),
+    Param("file", "PATH", "back the device with this file instead of sparse memory"),
+    Param("report", "DIR", "write DIR/events.jsonl and DIR/summary.json (created if missing)"),
+    Param("seed", "N", "seed of the one RNG behind every random choice (default: random)"),
+    Param("oracle", "on|off", "check every WRITE for torn/stale/overlapping pages (default on)"),
+    Param("latency", "SPEC", "latency of every op: 2ms, uniform:1ms:5ms, lognormal:2ms:0.5"),
+    Param("read-latency", "SPEC", "latency of reads (overrides latency=)"),
+    Param("write-latency", "SPEC", "latency of writes (overrides latency=)"),
+    Param("flush-latency", "SPEC", "latency of flushes (overrides latency=)"),
+    Param("trim-latency", "SPEC", "latency of trims and zeroes (overrides latency=)"),
+    Param("bandwidth", "BYTES/S", "add length/bandwidth to reads and writes, e.g. 200M"),
+    Param("stall-probability", "P", "probability in [0, 1] that a request also stalls"),
+    Param("stall", "DURATION", "length of a stall, e.g. 100ms (default 100ms)"),
+)
+_KEYS = {p.key: p for p in PARAMS}
+
+
+def help_text() -> str:
+    """nbdkit's `--help` text for the plugin: one line per parameter."""
+    lines = [f"{p.key}={p.metavar}".ljust(28) + p.help for p in PARAMS]
+    return "\n".join(lines)
+
+
+def parse_size(key: str, text: str) -> int:
+    """Parse `512M`-style sizes (binary suffixes); a multiple of 512, at most 64 TiB."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ConfigError(key, f"{text!r} is not a size (use e.g. 4096, 64M, 1G)")
+    value = int(match.group(1)) << _SIZE_SUFFIXES[match.group(2).lower()]
+    if value <= 0 or value % 512:
+        raise ConfigError(key, f"{text!r} must be a positive multiple of 512 bytes")
+    if value > MAX_SIZE:
+        raise ConfigError(key, f"{text!r} is larger than the maximum of 64T")
+    return value
+
+
+def parse_duration(key: str, text: str) -> float:
+    """Parse `2ms`, `500us`, `1.5s` into seconds; a bare number needs a unit unless it is 0."""
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ConfigError(key, f"{text!r} is not a duration (use e.g. 2ms, 500us, 1s)")
+    number, unit = float(match.group(1)), match.group(2)
+    if unit is None and number != 0:
+        raise ConfigError(key, f"{text!r} needs a unit: ns, us, ms or s")
+    return number * _DURATION_UNITS[unit or "s"]
+
+
+def _fmt_duration(seconds: float) -> str:
+    return f"{seconds * 1e3:g}ms"
+
+
+def parse_latency(key: str, text: str) -> LatencySpec:
+    """Parse a latency spec: `0`, `2ms`, `fixed:2ms`, `uniform:1ms:5ms`, `lognormal:2ms:0.5`."""
+    kind, _, rest = text.partition(":")
+    if not rest:
+        value = parse_duration(key, text)
+        return LatencySpec("fixed", value) if value > 0 else LatencySpec()
+    args = rest.split(":")
+    if kind == "fixed" and len(args) == 1:
+        return LatencySpec("fixed", parse_duration(key, args[0]))
+    if kind == "uniform" and len(args) == 2:
+        low, high = parse_duration(key, args[0]), parse_duration(key, args[1])
+        if high < low:
+            raise ConfigError(key, f"uniform:{args[0]}:{args[1]} has its maximum below its minimum")
+        return LatencySpec("uniform", low, high)
+    if kind == "lognormal" and len(args) == 2:
+        median, sigma = parse_duration(key, args[0]), _parse_float(key, args[1], 0.0, 10.0)
+        return LatencySpec("lognormal", median, sigma)
+    raise ConfigError(
+        key, f"{text!r} is not a latency (use 2ms, uniform:1ms:5ms or lognormal:2ms:0.5)"
+    )
+
+
+def _parse_float(key: str, text: str, low: float, high: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(key, f"{text!r} is not a number") from None
+    if not (low <= value <= high) or math.isnan(value):
+        raise ConfigError(key, f"{text!r} must be between {low:g} and {high:g}")
+    return value
+
+
+def _parse_seed(key: str, text: str) -> int:
+    if not text.isdigit() or int(text) >= 1 << 64:
+        raise ConfigError(key, f"{text!r} must be an integer from 0 to 2**64-1")
+    return int(text)
+
+
+def _parse_bool(key: str, text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("on", "1", "true", "yes"):
+        return True
+    if lowered in ("off", "0", "false", "no"):
+        return False
+    raise ConfigError(key, f"{text!r} must be on or off")
+
+
+def _parse_bandwidth(key: str, text: str) -> float:
+    return float(parse_size(key, text)) if text != "0" else math.inf
+
+
+def _absolute(key: str, text: str) -> Path:
+    if not text:
+        raise ConfigError(key, "needs a path")
+    # nbdkit changes directory to / when it daemonizes: keep paths absolute.
+    return Path(os.path.abspath(text))
+
+
+def check_known(key: str) -> None:
+    """Reject a key that is not a parameter, listing the ones that are."""
+    if key not in _KEYS:
+        allowed = ", ".join(p.key for p in PARAMS)
+        raise ConfigError(key, f"unknown parameter (allowed: {allowed})")
+
+
+def parse_params(pairs: Iterable[tuple[str, str]]) -> DeviceConfig:
+    """Validate `key=value` pairs into a DeviceConfig; the first problem raises ConfigError."""
+    raw: dict[str, str] = {}
+    for key, value in pairs:
+        check_known(key)
+        if key in raw:
+            raise ConfigError(key, "given twice")
+        raw[key] = value
+    for param in PARAMS:
+        if param.required and param.key not in raw:
+            raise ConfigError(param.key, f"is required, e.g. {param.key}=64M")
+    return _build(raw)
+
+
+def _build(raw: Mapping[str, str]) -> DeviceConfig:
+    seed_text = raw.get("seed")
+    bandwidth = _parse_bandwidth("bandwidth", raw["bandwidth"]) if "bandwidth" in raw else None
+    return DeviceConfig(
+        size=parse_size("size", raw["size"]),
+        file=_absolute("file", raw["file"]) if "file" in raw else None,
+        report=_absolute("report", raw["report"]) if "report" in raw else None,
+        seed=_parse_seed("seed", seed_text) if seed_text is not None else secrets.randbits(63),
+        seed_given=seed_text is not None,
+        oracle=_parse_bool("oracle", raw.get("oracle", "on")),
+        latency=_latencies(raw),
+        bandwidth=None if bandwidth in (None, math.inf) else bandwidth,
+        stall_probability=_stall_probability(raw),
+        stall=parse_duration("stall", raw.get("stall", "100ms")),
+    )
+
+
+def _stall_probability(raw: Mapping[str, str]) -> float:
+    return _parse_float("stall-probability", raw.get("stall-probability", "0"), 0.0, 1.0)
+
+
+def _latencies(raw: Mapping[str, str]) -> dict[Op, LatencySpec]:
+    base = parse_latency("latency", raw["latency"]) if "latency" in raw else LatencySpec()
+    result: dict[Op, LatencySpec] = {}
+    for op in OPS:
+        key = f"{op}-latency"
+        result[op] = parse_latency(key, raw[key]) if key in raw else base
+    return result

@@ -1,0 +1,144 @@
+"""The device as nbdkit serves it: connections, the report directory and its lifecycle.
+
+summary.json is rewritten (atomically) whenever a client disconnects and when the server
+stops, and events.jsonl is written through per event. A background thread also rewrites the
+summary within a second of any change: nbdkit (1.32) answers SIGTERM with a graceful shutdown
+that waits for clients to leave, and a client that never leaves, or a SIGKILL, must not cost
+the user what was recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from nbdfork import __version__
+from nbdfork.config import DeviceConfig
+from nbdfork.device.clock import Clock
+from nbdfork.device.device import Device
+from nbdfork.log import get_logger
+from nbdfork.oracle.events import EventLog
+
+__all__ = ["SUMMARY_SCHEMA", "DeviceService", "NullSink", "write_json_atomic"]
+
+SUMMARY_SCHEMA = "nbdfork.summary/1"
+VERDICTS = ("torn_write", "stale_write", "overlapping_write")
+
+
+class NullSink:
+    """Drops events (no report directory): the counts still reach the summary and the log."""
+
+    def emit(self, event: Mapping[str, object]) -> None:
+        """Discard `event`."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class DeviceService:
+    """One emulated device shared by every connection of one nbdkit process."""
+
+    def __init__(self, config: DeviceConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self._log = get_logger("nbdfork.device")
+        self._events: EventLog | NullSink = NullSink()
+        if config.report is not None:
+            config.report.mkdir(parents=True, exist_ok=True)
+            self._events = EventLog(config.report / "events.jsonl")
+        self.device = Device(config, self._events, clock)
+        self.started_at = dt.datetime.now(dt.UTC)
+        self._open = 0
+        self._total = 0
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self._stop = threading.Event()
+        self._last_written: dict[str, object] | None = None
+
+    def start_background(self, interval: float = 1.0) -> None:
+        """Start the thread that keeps summary.json current (call after nbdkit forks)."""
+        if self.config.report is None:
+            return
+        thread = threading.Thread(
+            target=self._refresh_loop, args=(interval,), name="nbdfork-summary", daemon=True
+        )
+        thread.start()
+
+    def _refresh_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            summary = self.summary()
+            summary.pop("duration_s")
+            if summary != self._last_written:
+                self.write_summary()
+
+    def open_connection(self, *, readonly: bool) -> int:
+        """Register a client connection and return its id."""
+        with self._lock:
+            self._open += 1
+            self._total += 1
+            connection = self._total
+        self._log.info("connect", connection=connection, readonly=readonly)
+        return connection
+
+    def close_connection(self, connection: int) -> None:
+        """A client went away: write the summary now, in case the server never stops cleanly."""
+        with self._lock:
+            self._open -= 1
+        summary = self.write_summary()
+        self._log.info("disconnect", connection=connection, counts=summary["counts"])
+
+    def summary(self) -> dict[str, object]:
+        """Everything summary.json records."""
+        device = self.device
+        counts = device.counts()
+        stamped = counts.pop("stamped_pages", 0)
+        return {
+            "schema": SUMMARY_SCHEMA,
+            "version": __version__,
+            "started": self.started_at.isoformat(),
+            "duration_s": round(device.elapsed(), 6),
+            "seed": self.config.seed,
+            "seed_given": self.config.seed_given,
+            "settings": self.config.settings(),
+            "connections": self._total,
+            "counts": {k: counts.pop(k, 0) for k in VERDICTS},
+            "stamped_pages": stamped,
+            "oracle": counts,
+            **device.stats.as_dict(),
+        }
+
+    def write_summary(self) -> dict[str, object]:
+        """Write DIR/summary.json (if there is a report directory) and return the summary."""
+        summary = self.summary()
+        if self.config.report is not None:
+            with self._write_lock:
+                write_json_atomic(self.config.report / "summary.json", summary)
+                self._last_written = {k: v for k, v in summary.items() if k != "duration_s"}
+        return summary
+
+    def shutdown(self) -> None:
+        """The server is stopping: final summary, close the event log and the store."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        summary = self.write_summary()
+        self._events.close()
+        self.device.close()
+        self._log.info("shutdown", writes=summary["writes"], counts=summary["counts"])
+
+
+def write_json_atomic(path: Path, data: Mapping[str, object]) -> None:
+    """Replace `path` with `data` as JSON so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        json.dump(data, out, indent=2, sort_keys=True)
+        out.write("\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)

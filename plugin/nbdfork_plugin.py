@@ -1,0 +1,165 @@
+# nbdfork: an emulated block device whose oracle checks every WRITE for torn, stale and
+# overlapping stamped pages. Run it from the project's venv:
+#
+#   nbdkit python plugin/nbdfork_plugin.py size=64M report=/tmp/out
+#   nbdkit --unix /tmp/nbd.sock --foreground python plugin/nbdfork_plugin.py \
+#          size=512M report=/tmp/out write-latency=2ms seed=1
+#
+# `nbdfork serve --help` lists every parameter (size= is required). The report directory
+# gets events.jsonl (one verdict per line) and summary.json (counts), written when a client
+# disconnects and when nbdkit stops. This is the only file that imports `nbdkit`; every
+# callback delegates to nbdfork.device.
+
+import os
+import site
+import sys
+from pathlib import Path
+
+
+def _add_project_paths() -> None:
+    # nbdkit embeds Debian's /usr/bin/python3, which knows nothing of our venv: add the venv
+    # (VIRTUAL_ENV, else <project>/.venv) and the project source itself to sys.path.
+    root = Path(__file__).resolve().parent.parent
+    venv = Path(os.environ.get("VIRTUAL_ENV") or root / ".venv")
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site_packages = venv / "lib" / version / "site-packages"
+    if site_packages.is_dir():
+        site.addsitedir(str(site_packages))
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+
+
+_add_project_paths()
+
+import nbdkit  # noqa: E402
+
+from nbdfork.config import DeviceConfig, help_text, parse_params  # noqa: E402
+from nbdfork.config import check_known as _check_known  # noqa: E402
+from nbdfork.device.service import DeviceService  # noqa: E402
+from nbdfork.errors import ConfigError, DeviceError  # noqa: E402
+from nbdfork.log import configure as _configure_log  # noqa: E402
+
+API_VERSION = 2
+
+_params: list[tuple[str, str]] = []
+_config: DeviceConfig | None = None
+_service: DeviceService | None = None
+
+config_help = help_text()
+
+
+def _fail_config(exc: ConfigError) -> None:
+    # One line naming the key, then exit: a Python traceback would bury the message.
+    print(f"nbdkit: nbdfork: error: {exc}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def config(key, value):
+    try:
+        _check_known(key)
+    except ConfigError as exc:
+        _fail_config(exc)
+    _params.append((key, value))
+
+
+def config_complete():
+    global _config
+    try:
+        _config = parse_params(_params)
+    except ConfigError as exc:
+        _fail_config(exc)
+
+
+def thread_model():
+    return nbdkit.THREAD_MODEL_PARALLEL
+
+
+def get_ready():
+    global _service
+    assert _config is not None
+    log = _config.report / "nbdfork.log" if _config.report else None
+    _configure_log(json_path=log)
+    try:
+        _service = DeviceService(_config)
+    except ConfigError as exc:
+        _fail_config(exc)
+
+
+def after_fork():
+    # Threads do not survive nbdkit's fork into the background: start them here.
+    _service.start_background()
+
+
+def open(readonly):
+    return _service.open_connection(readonly=readonly)
+
+
+def close(h):
+    _service.close_connection(h)
+
+
+def cleanup():
+    if _service is not None:
+        _service.shutdown()
+
+
+def get_size(h):
+    return _config.size
+
+
+def can_write(h):
+    return True
+
+
+def can_flush(h):
+    return True
+
+
+def can_fua(h):
+    return nbdkit.FUA_NATIVE
+
+
+def can_trim(h):
+    return True
+
+
+def can_zero(h):
+    return True
+
+
+def can_fast_zero(h):
+    return True
+
+
+def can_multi_conn(h):
+    # Every connection sees one store and a flush covers all of it.
+    return True
+
+
+def _call(fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except DeviceError as exc:
+        nbdkit.set_error(exc.errno)
+        raise
+
+
+def pread(h, buf, offset, flags):
+    _call(_service.device.pread, buf, offset)
+
+
+def pwrite(h, buf, offset, flags):
+    _call(_service.device.pwrite, h, buf, offset, fua=bool(flags & nbdkit.FLAG_FUA))
+
+
+def flush(h, flags):
+    _call(_service.device.flush)
+
+
+def trim(h, count, offset, flags):
+    _call(_service.device.trim, count, offset, fua=bool(flags & nbdkit.FLAG_FUA))
+
+
+def zero(h, count, offset, flags):
+    _call(_service.device.zero, count, offset, fua=bool(flags & nbdkit.FLAG_FUA))
+
