@@ -99,7 +99,7 @@ def test_older_generation_after_newer_replied_is_stale(sink: ListSink, w: Writer
     assert sink.events == [{
         "event": "stale_write", "offset": 4096, "lba": 8, "length": 4096, "stream": 1,
         "page": 9, "generation": 3, "replied_generation": 4, "generations": [3, 4],
-        "time": 7.0, "connection": 0, "request_id": 2,
+        "phase": "arrival", "time": 7.0, "connection": 0, "request_id": 2,
     }]  # fmt: skip
 
 
@@ -109,7 +109,7 @@ def test_older_before_newer_replied_is_not_stale(oracle: Oracle, sink: ListSink,
     older = w.arrive(0, encode_page(1, 0, 1))
     oracle.write_replied(older, ok=True, time=2.0)
     oracle.write_replied(newer, ok=True, time=2.0)
-    assert sink.kinds() == ["overlapping_write"]
+    assert sink.kinds() == ["overlapping_write"]  # the newer one landed last: media is right
     w.write(0, encode_page(1, 0, 1))
     assert sink.kinds() == ["overlapping_write", "stale_write"]
 
@@ -257,3 +257,17 @@ def test_scan_file_equals_scan_image(tmp_path: Path) -> None:
     assert scan_file(path).found == scan_image(make_image()).found
     with pytest.raises(ValueError, match="chunk"):
         scan_image(b"", chunk=1000)
+
+
+def test_older_copy_landing_after_newer_is_stale_at_reply() -> None:
+    """Two copies of a page in flight that complete out of order: the older one lands last."""
+    sink = ListSink()
+    oracle = Oracle(sink)
+    oracle.write_arrived(WriteRequest(1, 1, 0, 4096, False, 0.0), encode_page(4, 0, 1))
+    oracle.write_arrived(WriteRequest(2, 1, 0, 4096, False, 0.1), encode_page(4, 0, 2))
+    oracle.write_replied(2, ok=True, time=0.2)
+    oracle.write_replied(1, ok=True, time=0.3)
+    kinds = [(e["event"], e.get("phase")) for e in sink.events]
+    assert kinds == [("overlapping_write", None), ("stale_write", "reply")]
+    stale = sink.events[1]
+    assert (stale["generation"], stale["replied_generation"], stale["time"]) == (1, 2, 0.3)

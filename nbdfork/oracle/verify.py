@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -108,9 +108,18 @@ def validate_torn(req: WriteRequest, decoded: PagesDecode) -> list[Event]:
 
 
 def validate_stale(
-    req: WriteRequest, valid: Iterable[tuple[PageKey, int]], replied: Mapping[PageKey, int]
+    req: WriteRequest,
+    valid: Iterable[tuple[PageKey, int]],
+    replied: Mapping[PageKey, int],
+    *,
+    phase: str = "arrival",
 ) -> list[Event]:
-    """A stale_write event per VALID page older than the generation replied at its key."""
+    """A stale_write event per VALID page older than the generation replied at its key.
+
+    phase "arrival": the older copy was sent after the newer one was acknowledged.
+    phase "reply": the older copy reached the media after the newer one (two copies were in
+    flight together and completed out of order) and now stands on the device.
+    """
     events: list[Event] = []
     for (lba, stream, page), gen in valid:
         newer = replied.get((lba, stream, page))
@@ -118,7 +127,8 @@ def validate_stale(
             events.append({
                 "event": "stale_write", "offset": lba * SECTOR_SIZE, "lba": lba,
                 "length": PAGE_SIZE, "stream": stream, "page": page, "generation": gen,
-                "replied_generation": newer, "generations": [gen, newer], **_where(req),
+                "replied_generation": newer, "generations": [gen, newer], "phase": phase,
+                **_where(req),
             })  # fmt: skip
     return events
 
@@ -174,7 +184,10 @@ class Oracle:
                 raise ValueError(f"write {req.request_id} is already in flight")
             others = (f.req for f in self._in_flight.values())
             events = validate_overlap(req, others) + validate_torn(req, decoded)
-            events += validate_stale(req, valid, self._replied)
+            stale = validate_stale(req, valid, self._replied)
+            events += stale
+            if stale:  # reported once: not again when this copy lands
+                valid = tuple(v for v in valid if v[1] >= self._replied.get(v[0], -1))
             self._in_flight[req.request_id] = InFlight(req, valid)
             self._count(decoded, events)
         self._emit(events)
@@ -185,6 +198,7 @@ class Oracle:
         `time` is accepted for symmetry with write_arrived and future verdicts; a reply to an
         unknown request is counted as `unknown_replies` and otherwise ignored.
         """
+        events: list[Event] = []
         with self._lock:
             flight = self._in_flight.pop(request_id, None)
             if flight is None:
@@ -192,7 +206,11 @@ class Oracle:
             elif not ok:
                 self._counts["failed_writes"] += 1
             else:
+                reply = replace(flight.req, time=time)
+                events = validate_stale(reply, flight.valid, self._replied, phase="reply")
+                self._count_events(events)
                 self._advance(flight.valid)
+        self._emit(events)
 
     def counts(self) -> dict[str, int]:
         """Events per verdict, plus writes, stamped/valid/torn pages, failed writes."""
@@ -218,8 +236,12 @@ class Oracle:
         c["stamped_pages"] += decoded.stamped_count
         c["valid_pages"] += decoded.valid_count
         c["torn_pages"] += decoded.torn_count
+        self._count_events(events)
+
+    def _count_events(self, events: list[Event]) -> None:
+        """Count verdicts by kind (lock held)."""
         for e in events:
-            c[str(e["event"])] += 1
+            self._counts[str(e["event"])] += 1
 
     def _emit(self, events: list[Event]) -> None:
         """Hand the events to the sink, in order."""
