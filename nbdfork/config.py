@@ -6,6 +6,7 @@ and the `nbdfork serve` options, so a parameter exists once.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -21,6 +22,7 @@ __all__ = [
     "OPS",
     "PARAMS",
     "DeviceConfig",
+    "FaultSpec",
     "LatencySpec",
     "Op",
     "Param",
@@ -61,6 +63,29 @@ class LatencySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class FaultSpec:
+    """Error injection: which ops fail, where, how often, with which errno, and when."""
+
+    ops: frozenset[str] = frozenset()
+    probability: float = 1.0
+    range: tuple[int, int] | None = None
+    errno: int = errno.EIO
+    trigger: Path | None = None
+
+    def describe(self) -> dict[str, object] | None:
+        """The spec as JSON values (None when no error is injected)."""
+        if not self.ops:
+            return None
+        return {
+            "ops": sorted(self.ops),
+            "probability": self.probability,
+            "range": list(self.range) if self.range else None,
+            "errno": errno.errorcode.get(self.errno, str(self.errno)),
+            "trigger": str(self.trigger) if self.trigger else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceConfig:
     """Everything the emulated device needs; built only through `parse_params`."""
 
@@ -74,6 +99,12 @@ class DeviceConfig:
     bandwidth: float | None = None
     stall_probability: float = 0.0
     stall: float = 0.0
+    trace: Path | None = None
+    cache: bool = False
+    cache_size: int = 64 << 20
+    ignore_flush: bool = False
+    reorder_window: int = 0
+    faults: FaultSpec = field(default_factory=FaultSpec)
 
     def latency_for(self, op: Op) -> LatencySpec:
         """The latency spec of one op type (no latency when not configured)."""
@@ -96,6 +127,12 @@ class DeviceConfig:
             "bandwidth": self.bandwidth,
             "stall_probability": self.stall_probability,
             "stall": self.stall,
+            "trace": str(self.trace) if self.trace else None,
+            "cache": "volatile" if self.cache else "off",
+            "cache_size": self.cache_size,
+            "ignore_flush": self.ignore_flush,
+            "reorder_window": self.reorder_window,
+            "errors": self.faults.describe(),
         }
 
 
@@ -123,6 +160,16 @@ PARAMS: tuple[Param, ...] = (
     Param("bandwidth", "BYTES/S", "add length/bandwidth to reads and writes, e.g. 200M"),
     Param("stall-probability", "P", "probability in [0, 1] that a request also stalls"),
     Param("stall", "DURATION", "length of a stall, e.g. 100ms (default 100ms)"),
+    Param("trace", "PATH", "record every request (with write data) to this trace file"),
+    Param("cache", "off|volatile", "volatile write cache: durable per FLUSH/FUA only (off)"),
+    Param("cache-size", "SIZE", "pending bytes before the cache destages a random write (64M)"),
+    Param("ignore-flush", "on|off", "known-bad control: FLUSH/FUA are acked, nothing made durable"),
+    Param("reorder-window", "N", "reply to writes in a seeded random order within N arrivals"),
+    Param("error-op", "OPS", "inject errors on these ops: read,write,flush,trim,zero or all"),
+    Param("error-probability", "P", "probability of an error per matching request (default 1)"),
+    Param("error-range", "START-END", "only requests touching this byte range, e.g. 0-1M"),
+    Param("error-errno", "NAME", "errno of injected errors: EIO (default), ENOSPC, EROFS, ..."),
+    Param("error-trigger", "PATH", "only while this file exists"),
 )
 _KEYS = {p.key: p for p in PARAMS}
 
@@ -254,7 +301,70 @@ def _build(raw: Mapping[str, str]) -> DeviceConfig:
         bandwidth=None if bandwidth in (None, math.inf) else bandwidth,
         stall_probability=_stall_probability(raw),
         stall=parse_duration("stall", raw.get("stall", "100ms")),
+        trace=_absolute("trace", raw["trace"]) if "trace" in raw else None,
+        cache=_parse_cache(raw.get("cache", "off")),
+        cache_size=parse_size("cache-size", raw.get("cache-size", "64M")),
+        ignore_flush=_parse_bool("ignore-flush", raw.get("ignore-flush", "off")),
+        reorder_window=_parse_int("reorder-window", raw.get("reorder-window", "0"), 0, 4096),
+        faults=_faults(raw),
     )
+
+
+_FAULT_OPS = frozenset({"read", "write", "flush", "trim", "zero"})
+
+
+def _faults(raw: Mapping[str, str]) -> FaultSpec:
+    error_keys = [k for k in raw if k.startswith("error-")]
+    if not error_keys:
+        return FaultSpec()
+    if "error-op" not in raw:
+        raise ConfigError(error_keys[0], "needs error-op= (read, write, flush, trim, zero, all)")
+    ops = {o.strip() for o in raw["error-op"].split(",")}
+    ops = set(_FAULT_OPS) if ops == {"all"} else ops
+    if not ops or not ops <= _FAULT_OPS:
+        allowed = "read, write, flush, trim, zero or all"
+        raise ConfigError("error-op", f"{raw['error-op']!r}: use {allowed}")
+    return FaultSpec(
+        ops=frozenset(ops),
+        probability=_parse_float("error-probability", raw.get("error-probability", "1"), 0.0, 1.0),
+        range=_parse_range("error-range", raw["error-range"]) if "error-range" in raw else None,
+        errno=_parse_errno("error-errno", raw.get("error-errno", "EIO")),
+        trigger=_opt_path(raw, "error-trigger"),
+    )
+
+
+def _opt_path(raw: Mapping[str, str], key: str) -> Path | None:
+    return _absolute(key, raw[key]) if key in raw else None
+
+
+def _parse_range(key: str, text: str) -> tuple[int, int]:
+    start_text, sep, end_text = text.partition("-")
+    if not sep:
+        raise ConfigError(key, f"{text!r} is not a range START-END, e.g. 0-1M")
+    start = 0 if start_text.strip() == "0" else parse_size(key, start_text)
+    end = parse_size(key, end_text)
+    if end <= start:
+        raise ConfigError(key, f"{text!r} ends before it starts")
+    return start, end
+
+
+def _parse_errno(key: str, text: str) -> int:
+    value = getattr(errno, text.upper(), None)
+    if not isinstance(value, int) or text.upper() not in errno.errorcode.values():
+        raise ConfigError(key, f"{text!r} is not an errno name (e.g. EIO, ENOSPC, EROFS)")
+    return value
+
+
+def _parse_int(key: str, text: str, low: int, high: int) -> int:
+    if not text.strip().isdigit() or not low <= int(text) <= high:
+        raise ConfigError(key, f"{text!r} must be an integer from {low} to {high}")
+    return int(text)
+
+
+def _parse_cache(text: str) -> bool:
+    if text not in ("off", "volatile"):
+        raise ConfigError("cache", f"{text!r} must be off or volatile")
+    return text == "volatile"
 
 
 def _stall_probability(raw: Mapping[str, str]) -> float:

@@ -153,13 +153,13 @@ def pwrite(h, buf, offset, flags):
 
 
 def flush(h, flags):
-    _call(_service.device.flush)
+    _call(_service.device.flush, h)
 
 
 def trim(h, count, offset, flags):
-    _call(_service.device.trim, count, offset, fua=bool(flags & nbdkit.FLAG_FUA))
+    _call(_service.device.trim, count, offset, fua=bool(flags & nbdkit.FLAG_FUA), connection=h)
 
 
 def zero(h, count, offset, flags):
-    _call(_service.device.zero, count, offset, fua=bool(flags & nbdkit.FLAG_FUA))
+    _call(_service.device.zero, count, offset, fua=bool(flags & nbdkit.FLAG_FUA), connection=h)
 

@@ -1,24 +1,48 @@
-"""The emulated block device: latency, then the store; every WRITE shown to the oracle.
+"""The emulated block device: faults, latency, store, cache, reordering, trace — and the oracle.
 
 A WRITE is observed twice: on arrival (its payload is decoded and checked, and it joins the
 in-flight set) and on reply (its generations become the ones the device has acknowledged).
-The latency sits between the two, occupying the nbdkit thread as a slow disk would.
+The latency sits between the two, occupying the nbdkit thread as a slow disk would. Reads
+see every acknowledged write (the `store`); with `cache=volatile` the media (`cache.media`)
+holds only what the NBD durability rule makes durable.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from nbdfork.config import DeviceConfig, Op
+from nbdfork.device.cache import CacheModel
 from nbdfork.device.clock import Clock, MonotonicClock
+from nbdfork.device.faults import FaultInjector
 from nbdfork.device.latency import LatencyModel
+from nbdfork.device.reorder import ReorderGate
 from nbdfork.device.rng import DeviceRng
 from nbdfork.device.store import Store
+from nbdfork.device.trace import FLAG_FAILED, FLAG_FUA, Record, TraceWriter
+from nbdfork.device.trace import Op as TraceOp
+from nbdfork.errors import DeviceError
 from nbdfork.oracle.verify import EventSink, Oracle, WriteRequest
 
 __all__ = ["Device", "DeviceStats"]
+
+_LATENCY_OP: dict[str, Op] = {
+    "read": "read", "write": "write", "flush": "flush", "trim": "trim", "zero": "trim"
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A WRITE between arrival and reply."""
+
+    request_id: int
+    connection: int
+    offset: int
+    data: memoryview | bytes
+    fua: bool
+    arrival: float
 
 
 @dataclass(slots=True)
@@ -34,6 +58,7 @@ class DeviceStats:
     flushes: int = 0
     trims: int = 0
     zeros: int = 0
+    errors_injected: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict."""
@@ -46,83 +71,168 @@ class Device:
     def __init__(self, config: DeviceConfig, sink: EventSink, clock: Clock | None = None) -> None:
         self.config = config
         self.clock: Clock = clock or MonotonicClock()
-        self.store = Store(config.size, config.file)
         self.rng = DeviceRng(config.seed)
+        self.store = Store(config.size, None if config.cache else config.file)
+        self.cache = self._make_cache(config)
         self.latency = LatencyModel(config, self.rng)
         self.oracle = Oracle(sink) if config.oracle else None
+        self.trace = TraceWriter(config.trace) if config.trace else None
+        self.reorder = self._make_reorder(config)
+        self.faults = FaultInjector(config.faults, self.rng) if config.faults.ops else None
         self.stats = DeviceStats()
         self.started = self.clock.now()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._reply_lock = threading.Lock()  # reply order = trace order = cache order
+        self._write_seq = 0
 
-    def _wait(self, op: Op, request_id: int, length: int) -> None:
-        if self.latency.active:
-            self.clock.sleep(self.latency.delay(op, request_id, length))
+    def _make_cache(self, config: DeviceConfig) -> CacheModel | None:
+        if not config.cache:
+            return None
+        media = Store(config.size, config.file)
+        return CacheModel(
+            media, rng=self.rng, capacity=config.cache_size, ignore_flush=config.ignore_flush
+        )
+
+    def _make_reorder(self, config: DeviceConfig) -> ReorderGate | None:
+        if config.reorder_window < 2:
+            return None
+        return ReorderGate(config.reorder_window, self.rng, self.clock)
 
     def elapsed(self) -> float:
         """Seconds since the device started."""
         return self.clock.now() - self.started
 
+    def _begin(self, op: str, request_id: int, offset: int, length: int) -> None:
+        """Inject a configured error, else wait the op's latency (zero counts as trim)."""
+        if self.faults is not None:
+            try:
+                self.faults.check(op, request_id, offset, length)
+            except DeviceError:
+                with self._lock:
+                    self.stats.errors_injected += 1
+                raise
+        if self.latency.active:
+            delay = self.latency.delay(_LATENCY_OP[op], request_id, length)
+            self.clock.sleep(delay)
+
     def pread(self, buf: memoryview | bytearray, offset: int) -> None:
         """Fill `buf` from `offset` after the read latency."""
         request_id = next(self._ids)
-        self._wait("read", request_id, len(buf))
-        self.store.read_into(buf, offset)
+        try:
+            self._begin("read", request_id, offset, len(buf))
+            self.store.read_into(buf, offset)
+        finally:
+            if self.reorder is not None:
+                self.reorder.release(request_id)
         with self._lock:
             self.stats.reads += 1
             self.stats.bytes_read += len(buf)
 
     def pwrite(self, connection: int, data: memoryview | bytes, offset: int, *, fua: bool) -> None:
         """Check `data` with the oracle, wait the write latency, store it; durable if `fua`."""
-        request_id = next(self._ids)
+        w = _Write(next(self._ids), connection, offset, data, fua, self.elapsed())
         if self.oracle is not None:
-            request = WriteRequest(request_id, connection, offset, len(data), fua, self.elapsed())
+            request = WriteRequest(w.request_id, connection, offset, len(data), fua, w.arrival)
             self.oracle.write_arrived(request, data)
         ok = False
         try:
-            self._wait("write", request_id, len(data))
+            self._begin("write", w.request_id, offset, len(data))
             self.store.write(offset, data)
-            if fua:
+            if fua and self.cache is None:
                 self.store.sync(offset, len(data))
+            if self.reorder is not None:
+                self.reorder.wait(w.request_id)
             ok = True
         finally:
-            self._count_write(len(data), fua=fua, ok=ok)
-            if self.oracle is not None:
-                self.oracle.write_replied(request_id, ok=ok, time=self.elapsed())
+            self._reply_write(w, ok=ok)
 
-    def _count_write(self, length: int, *, fua: bool, ok: bool) -> None:
+    def _reply_write(self, w: _Write, *, ok: bool) -> None:
+        if not ok and self.reorder is not None:
+            self.reorder.release(w.request_id)
+        reply = self.elapsed()
+        if self.cache is not None or self.trace is not None:
+            self._record_write(w, reply, ok=ok)
         with self._lock:
             self.stats.writes += 1
             if ok:
-                self.stats.bytes_written += length
-                self.stats.fua_writes += fua
+                self.stats.bytes_written += len(w.data)
+                self.stats.fua_writes += w.fua
             else:
                 self.stats.write_errors += 1
+        if self.oracle is not None:
+            self.oracle.write_replied(w.request_id, ok=ok, time=reply)
 
-    def flush(self) -> None:
-        """Make every write replied to so far durable."""
-        self._wait("flush", next(self._ids), 0)
-        self.store.sync()
+    def _record_write(self, w: _Write, reply: float, *, ok: bool) -> None:
+        flags = (FLAG_FUA if w.fua else 0) | (0 if ok else FLAG_FAILED)
+        with self._reply_lock:
+            seq = self._write_seq
+            if ok:
+                self._write_seq += 1
+                if self.cache is not None:
+                    self.cache.write(w.request_id, w.offset, w.data, fua=w.fua)
+            if self.trace is not None:
+                rec = Record(TraceOp.WRITE, flags, w.connection, w.offset, len(w.data),
+                             w.request_id, seq, w.arrival, reply)  # fmt: skip
+                self.trace.record(rec, w.data if ok else b"")
+
+    def flush(self, connection: int = 0) -> None:
+        """Make every write replied to before this FLUSH arrived durable."""
+        request_id = next(self._ids)
+        arrival = self.elapsed()
+        with self._reply_lock:
+            covered = self._write_seq
+        try:
+            self._begin("flush", request_id, 0, 0)
+            with self._reply_lock:
+                if self.cache is not None:
+                    self.cache.flush(covered)
+                else:
+                    self.store.sync()
+                self._trace(Record(TraceOp.FLUSH, 0, connection, 0, 0, request_id, covered,
+                                   arrival, 0.0))  # fmt: skip
+        finally:
+            if self.reorder is not None:
+                self.reorder.release(request_id)
         with self._lock:
             self.stats.flushes += 1
 
-    def trim(self, length: int, offset: int, *, fua: bool) -> None:
+    def trim(self, length: int, offset: int, *, fua: bool, connection: int = 0) -> None:
         """Discard a range; it reads back as zeroes."""
-        self._discard(length, offset, fua=fua)
+        self._discard(TraceOp.TRIM, length, offset, fua=fua, connection=connection)
         with self._lock:
             self.stats.trims += 1
 
-    def zero(self, length: int, offset: int, *, fua: bool) -> None:
+    def zero(self, length: int, offset: int, *, fua: bool, connection: int = 0) -> None:
         """Write zeroes to a range (by discarding it: the store reads holes as zeroes)."""
-        self._discard(length, offset, fua=fua)
+        self._discard(TraceOp.ZERO, length, offset, fua=fua, connection=connection)
         with self._lock:
             self.stats.zeros += 1
 
-    def _discard(self, length: int, offset: int, *, fua: bool) -> None:
-        self._wait("trim", next(self._ids), length)
-        self.store.discard(offset, length)
-        if fua:
-            self.store.sync(offset, length)
+    def _discard(
+        self, op: TraceOp, length: int, offset: int, *, fua: bool, connection: int
+    ) -> None:
+        request_id = next(self._ids)
+        arrival = self.elapsed()
+        try:
+            self._begin("trim" if op == TraceOp.TRIM else "zero", request_id, offset, length)
+            with self._reply_lock:
+                self.store.discard(offset, length)
+                if self.cache is not None:
+                    self.cache.discard(offset, length)
+                elif fua:
+                    self.store.sync(offset, length)
+                flags = FLAG_FUA if fua else 0
+                self._trace(Record(op, flags, connection, offset, length, request_id, 0,
+                                   arrival, 0.0))  # fmt: skip
+        finally:
+            if self.reorder is not None:
+                self.reorder.release(request_id)
+
+    def _trace(self, rec: Record) -> None:
+        """Record a request without data, stamped with its reply time (reply lock held)."""
+        if self.trace is not None:
+            self.trace.record(replace(rec, reply=self.elapsed()))
 
     def counts(self) -> dict[str, int]:
         """The oracle's verdict counts (zeroes when the oracle is off)."""
@@ -131,6 +241,13 @@ class Device:
         return self.oracle.counts()
 
     def close(self) -> None:
-        """Release the store."""
+        """Clean shutdown: a disk empties its cache on power-down; close trace and store."""
+        if self.cache is not None:
+            with self._reply_lock:
+                if not self.config.ignore_flush:
+                    self.cache.flush(self._write_seq)
+                self.cache.media.sync()
+                self.cache.close()
+        if self.trace is not None:
+            self.trace.close()
         self.store.close()
-

@@ -108,6 +108,8 @@ class DeviceService:
             "counts": {k: counts.pop(k, 0) for k in VERDICTS},
             "stamped_pages": stamped,
             "oracle": counts,
+            "cache_pending_bytes": device.cache.pending_bytes() if device.cache else 0,
+            "trace_records": device.trace.records if device.trace else 0,
             **device.stats.as_dict(),
         }
 
