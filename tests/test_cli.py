@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import nbd
 import pytest
 
 from nbdfork.cli import main
@@ -51,3 +57,27 @@ def test_verify_missing_events_is_one_line_error(
     """verify on a directory without events.jsonl names the missing file."""
     assert main(["verify", str(tmp_path)]) == 2
     assert "events.jsonl: no events file" in capsys.readouterr().err
+
+
+def test_serve_runs_nbdkit_with_a_private_socket(tmp_path: Path) -> None:
+    """serve starts real nbdkit, makes the socket 0600, serves, and stops on SIGTERM."""
+    socket = tmp_path / "s.sock"
+    report = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nbdfork.cli", "serve", "--socket", str(socket), "--size", "16M",
+         "--report", str(report)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("nbdfork: serving on")  # printed after chmod
+    assert socket.stat().st_mode & 0o777 == 0o600
+    h = nbd.NBD()
+    h.connect_unix(str(socket))
+    h.pwrite(b"\x01" * 4096, 0)
+    h.shutdown()
+    del h
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert json.loads((report / "summary.json").read_text())["writes"] == 1
+    assert not os.path.exists(socket)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from nbdfork.config import PARAMS, parse_params
@@ -71,18 +74,53 @@ def nbdkit_argv(
     return argv + [f"{key}={value}" for key, value in params]
 
 
-def _socket_umask(mode: str) -> int:
+def _socket_mode(mode: str) -> int:
     try:
         value = int(mode, 8)
     except ValueError:
         raise ConfigError("--socket-mode", f"{mode!r} is not an octal mode like 0600") from None
     if not 0 <= value <= 0o777:
         raise ConfigError("--socket-mode", f"{mode!r} is not a mode between 0000 and 0777")
-    return ~value & 0o777
+    return value
+
+
+def _wait_for_socket(proc: subprocess.Popen[bytes], socket: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not socket.exists():
+        if proc.poll() is not None:
+            raise ConfigError("nbdkit", f"exited with status {proc.returncode} before serving")
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise ConfigError("nbdkit", f"did not create {socket} within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def _serve(argv: list[str], socket: Path, mode: int) -> int:
+    """Run nbdkit, restrict the socket once it exists, pass SIGINT/SIGTERM on, wait."""
+    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
+    proc = subprocess.Popen(argv, env=env)
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
+    _wait_for_socket(proc, socket)
+    # nbdkit creates the socket with its own umask: tighten it before any client can use it.
+    os.chmod(socket, mode)
+    print(f"nbdfork: serving on {socket} (mode {mode:04o}); connect with")
+    print(f"  nbd-client -unix {socket} /dev/nbd0 -b 4096")
+    print(f"  nbdinfo 'nbd+unix:///?socket={socket}'")
+    sys.stdout.flush()
+    try:
+        return proc.wait()
+    finally:
+        socket.unlink(missing_ok=True)  # nbdkit leaves it behind
 
 
 def _handle(args: argparse.Namespace) -> int:
     params = _params_from(args)
+    _socket_mode(args.socket_mode)
     parse_params(params)  # the same validation nbdkit will do, before anything starts
     if args.threads < 1:
         raise ConfigError("--threads", f"{args.threads} must be at least 1")
@@ -90,9 +128,7 @@ def _handle(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(" ".join(argv))
         return 0
-    os.umask(_socket_umask(args.socket_mode))
-    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
-    print(f"nbdfork: serving on {args.socket} (nbd-client -unix {args.socket} /dev/nbd0 -b 4096)")
-    sys.stdout.flush()
-    os.execve(argv[0], argv, env)
-    return 0  # pragma: no cover - execve does not return
+    mode = _socket_mode(args.socket_mode)
+    if args.socket.exists():
+        raise ConfigError("--socket", f"{args.socket} exists (another server, or a stale socket?)")
+    return _serve(argv, args.socket.absolute(), mode)
