@@ -41,8 +41,9 @@ def test_trace_records_every_request_in_reply_order(tmp_path: Path) -> None:
     """Writes, FUA, flush (with the writes it covers) and trim are recorded in order."""
     _record_session(tmp_path / "t.trace")
     records = list(read_trace(tmp_path / "t.trace"))
-    assert [r.op for r in records] == [Op.WRITE, Op.WRITE, Op.FLUSH, Op.TRIM, Op.WRITE]
-    assert [r.fua for r in records] == [False, True, False, False, False]
+    ops = [Op.WRITE, Op.WRITE, Op.FLUSH, Op.TRIM, Op.WRITE, Op.READ]
+    assert [r.op for r in records] == ops
+    assert [r.fua for r in records] == [False, True, False, False, False, False]
     assert records[2].seq == 2  # the flush covers the two writes replied before it
     assert records[4].connection == 2 and records[4].data == b"\x33" * 512
     assert records[0].reply - records[0].arrival == pytest.approx(0.001)
@@ -52,7 +53,7 @@ def test_replay_rebuilds_the_device_contents(tmp_path: Path) -> None:
     """Replaying the whole trace gives what the device held; replaying 1 record, the first."""
     _record_session(tmp_path / "t.trace")
     image = Store(SIZE)
-    assert replay(tmp_path / "t.trace", image) == 5
+    assert replay(tmp_path / "t.trace", image) == 6
     assert image.read(0, 1024) == b"\x11" * 512 + b"\x33" * 512
     assert image.read(8192, 1024) == b"\x22" * 1024
     partial = Store(SIZE)
@@ -65,7 +66,7 @@ def test_replay_through_cache_applies_the_durability_rule(tmp_path: Path) -> Non
     _record_session(tmp_path / "t.trace")
     cache = CacheModel(Store(SIZE))
     records = list(replay_cache(tmp_path / "t.trace", cache))
-    assert len(records) == 5
+    assert len(records) == 6
     assert [(e.offset, len(e.data)) for e in cache.pending.values()] == [(512, 512)]
     assert cache.media.read(0, 512) == b"\x11" * 512
 
@@ -97,7 +98,7 @@ def test_golden_trace_and_log(tmp_path: Path) -> None:
     assert (tmp_path / "t.trace").read_bytes() == (GOLDEN / "session.trace").read_bytes()
     assert _sha(tmp_path / "t.log") == (GOLDEN / "session.log.sha256").read_text().strip()
     records = list(read_trace(GOLDEN / "session.trace"))
-    assert [r.request_id for r in records] == [1, 2, 3, 4, 5]
+    assert [r.request_id for r in records] == [1, 2, 3, 4, 5, 6]
 
 
 def _sha(path: Path) -> str:

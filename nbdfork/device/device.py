@@ -119,12 +119,17 @@ class Device:
     def pread(self, buf: memoryview | bytearray, offset: int) -> None:
         """Fill `buf` from `offset` after the read latency."""
         request_id = next(self._ids)
+        arrival = self.elapsed()
         try:
             self._begin("read", request_id, offset, len(buf))
             self.store.read_into(buf, offset)
         finally:
             if self.reorder is not None:
                 self.reorder.release(request_id)
+        if self.trace is not None:  # reads carry no data but mark positions (checkpoints)
+            with self._reply_lock:
+                self._trace(Record(TraceOp.READ, 0, 0, offset, len(buf), request_id, 0,
+                                   arrival, 0.0))  # fmt: skip
         with self._lock:
             self.stats.reads += 1
             self.stats.bytes_read += len(buf)
