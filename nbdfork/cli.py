@@ -18,6 +18,7 @@ examples:
   nbdfork serve --size 1G --report out/   serve the device on a unix socket
   nbdfork verify out/               summarise a report directory's events
   nbdfork report out/               re-render report.md/html and plots from saved files
+  nbdfork model --out results/model the page-forking model: none/stable/fork policies
 """
 
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from nbdfork.commands import report, serve, verify
+from nbdfork.commands import model, report, serve, verify
 
 __all__ = ["COMMANDS"]
 
 # Each register(subparsers) adds one subcommand whose parser sets `handler(args) -> int`.
-COMMANDS: list[Callable[[Any], None]] = [serve.register, verify.register, report.register]
+COMMANDS: list[Callable[[Any], None]] = [
+    serve.register,
+    verify.register,
+    report.register,
+    model.register,
+]
