@@ -210,3 +210,17 @@ def test_64g_device_with_a_few_mib_written_stays_small(server: Callable[..., Ser
     assert grown < 48 << 20, grown
     assert h.pread(16, 15 * (4 << 30)) == b"\x01" * 16
     h.shutdown()
+
+
+def test_reused_report_dir_keeps_the_previous_run(connect: Connect, tmp_path: Path) -> None:
+    """A second server on the same report dir sets the first run's files aside, unmixed."""
+    h = connect("size=16M", f"report={tmp_path}")
+    h.pwrite(_splice(1, 0, old=1, new=2, sectors_new=1), 0)
+    disconnect(h)
+    h = connect("size=16M", f"report={tmp_path}")
+    h.pwrite(encode_page(1, 0, 3), 0)
+    disconnect(h)
+    assert _events(tmp_path) == []
+    (previous,) = (tmp_path / "previous").iterdir()
+    assert [e["event"] for e in _events(previous)] == ["torn_write"]
+    assert _summary(previous)["writes"] == 1

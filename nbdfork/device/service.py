@@ -23,7 +23,13 @@ from nbdfork.device.device import Device
 from nbdfork.log import get_logger
 from nbdfork.oracle.events import EventLog
 
-__all__ = ["SUMMARY_SCHEMA", "DeviceService", "NullSink", "write_json_atomic"]
+__all__ = [
+    "SUMMARY_SCHEMA",
+    "DeviceService",
+    "NullSink",
+    "set_aside_previous",
+    "write_json_atomic",
+]
 
 SUMMARY_SCHEMA = "nbdfork.summary/1"
 VERDICTS = ("torn_write", "stale_write", "overlapping_write")
@@ -48,6 +54,7 @@ class DeviceService:
         self._events: EventLog | NullSink = NullSink()
         if config.report is not None:
             config.report.mkdir(parents=True, exist_ok=True)
+            set_aside_previous(config.report)
             self._events = EventLog(config.report / "events.jsonl")
         self.device = Device(config, self._events, clock)
         self.started_at = dt.datetime.now(dt.UTC)
@@ -133,6 +140,23 @@ class DeviceService:
         self._events.close()
         self.device.close()
         self._log.info("shutdown", writes=summary["writes"], counts=summary["counts"])
+
+
+_REPORT_FILES = ("events.jsonl", "summary.json")  # nbdfork.log appends: lines are timestamped
+
+
+def set_aside_previous(report: Path) -> Path | None:
+    """Move an earlier run's report files into report/previous/<time>/: a reused directory
+    must neither mix two runs' events nor lose the first run's."""
+    old = [report / name for name in _REPORT_FILES if (report / name).exists()]
+    if not old:
+        return None
+    stamp = dt.datetime.fromtimestamp(old[0].stat().st_mtime, dt.UTC).strftime("%Y%m%dT%H%M%S.%f")
+    target = report / "previous" / stamp
+    target.mkdir(parents=True, exist_ok=True)
+    for path in old:
+        os.replace(path, target / path.name)
+    return target
 
 
 def write_json_atomic(path: Path, data: Mapping[str, object]) -> None:
