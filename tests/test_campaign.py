@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from nbdfork.campaign.guest import mkfs_argv
+from nbdfork.campaign.host import CrashOptions, summarize_states
 from nbdfork.campaign.states import CampaignPlan, pick_points, run_campaign
 from nbdfork.campaign.workload import Checkpoint, Ledger, LedgerFile
 from nbdfork.config import parse_params
 from nbdfork.device.clock import FakeClock
 from nbdfork.device.device import Device
 from nbdfork.device.service import NullSink
+from nbdfork.errors import ConfigError
 from nbdfork.oracle.stamp import PAGE_SIZE, encode_page
 
 SIZE = 4 << 20
@@ -76,3 +79,26 @@ def test_ignore_flush_control_has_ledger_violations(tmp_path: Path, seed: int) -
     assert sum(r.outcome == "ledger_violation" for r in results) > 0
     lost = [p for r in results for p in r.lost_pages]
     assert all(p["event"] == "lost_write" for p in lost)
+
+
+def test_crash_options_name_bad_values() -> None:
+    """CrashOptions.validate names the option at fault."""
+    with pytest.raises(ConfigError, match="--fs"):
+        CrashOptions(out=Path("x"), fs="ntfs").validate()
+    with pytest.raises(ConfigError, match="--states"):
+        CrashOptions(out=Path("x"), states=0).validate()
+
+
+def test_summary_counts_fsck_failures_apart_from_lost_writes() -> None:
+    """A state that loses writes and fails fsck counts in both columns."""
+    rows = [{"outcome": "ledger_violation", "fs": {"fsck_ok": False, "mount_ok": False}},
+            {"outcome": "passed", "fs": {"fsck_ok": True, "mount_ok": True}}]  # fmt: skip
+    summary = summarize_states(rows)
+    assert (summary["ledger_violations"], summary["fsck_failures"]) == (1, 1)
+    assert summary["mount_failures"] == 1 and summary["states_checked"] == 2
+
+
+def test_mkfs_leaves_room_for_markers() -> None:
+    """mkfs is told the filesystem size, so the marker slots lie beyond it."""
+    assert mkfs_argv("ext4", "/dev/nbd0", 95 << 20)[-1] == str((95 << 20) // 4096)
+    assert f"size={95 << 20}" in mkfs_argv("xfs", "/dev/nbd0", 95 << 20)

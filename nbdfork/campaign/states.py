@@ -16,13 +16,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nbdfork.campaign.workload import Checkpoint, Ledger
+from nbdfork.campaign.workload import MARKER_SLOTS, Checkpoint, Ledger
 from nbdfork.device.cache import CacheModel
 from nbdfork.device.crash import CrashState, build_image, choose_state
 from nbdfork.device.store import Store
 from nbdfork.device.trace import Op, Record, read_trace, replay_cache
+from nbdfork.errors import OracleError
 from nbdfork.oracle.crashcheck import CrashChecker
 from nbdfork.oracle.ledger import PageKey
+from nbdfork.oracle.stamp import PAGE_SIZE
 
 __all__ = [
     "CampaignPlan",
@@ -99,7 +101,10 @@ def marker_points(trace: Path, marker_offset: int) -> list[int]:
 
 
 def _is_marker(rec: Record, marker_offset: int) -> bool:
-    return rec.op == Op.READ and rec.offset >= marker_offset
+    # Exactly the workload's 4 KiB reads of its slots: partition scans and blkid probes read
+    # the device's last sectors, which lie beyond the slots.
+    end = marker_offset + MARKER_SLOTS * PAGE_SIZE
+    return rec.op == Op.READ and rec.length == PAGE_SIZE and marker_offset <= rec.offset < end
 
 
 def pick_points(markers: list[int], plan: CampaignPlan) -> dict[int, int]:
@@ -117,7 +122,13 @@ def run_campaign(
     fs_check: FsChecker | None = None,
 ) -> Iterator[StateResult]:  # fmt: skip
     """Yield one StateResult per crash state, point by point along the trace."""
-    points = pick_points(marker_points(trace, ledger.marker_offset), plan)
+    markers = marker_points(trace, ledger.marker_offset)
+    if len(markers) != len(ledger.checkpoints):
+        raise OracleError(
+            f"{trace}: {len(markers)} checkpoint markers in the trace but "
+            f"{len(ledger.checkpoints)} checkpoints in the ledger"
+        )
+    points = pick_points(markers, plan)
     if not points:
         return
     cache = CacheModel(Store(plan.device_size), ignore_flush=plan.ignore_flush)

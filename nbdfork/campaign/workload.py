@@ -21,9 +21,11 @@ from typing import Any
 
 from nbdfork.oracle.stamp import PAGE_SIZE, encode_page
 
-__all__ = ["MARKER_SLOTS", "Checkpoint", "FsyncLedgerWorkload", "Ledger", "LedgerFile"]
+__all__ = ["MARKER_GAP",
+    "MARKER_SLOTS", "Checkpoint", "FsyncLedgerWorkload", "Ledger", "LedgerFile"]
 
 MARKER_SLOTS = 16
+MARKER_GAP = 64 << 10  # slots start this far past the filesystem's end (probes read the edges)
 STREAM_BASE = 1000
 
 

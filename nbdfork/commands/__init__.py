@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from nbdfork.commands import model, report, serve, verify
+from nbdfork.commands import crash, model, report, serve, verify
 
 __all__ = ["COMMANDS"]
 
@@ -15,4 +15,5 @@ COMMANDS: list[Callable[[Any], None]] = [
     verify.register,
     report.register,
     model.register,
+    crash.register,
 ]

@@ -101,8 +101,9 @@ def build_image(cache: CacheModel, state: CrashState, path: Path) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.ftruncate(fd, media.size)
+        view = media.view()
         for offset in range(0, media.size, _CHUNK):
-            chunk = media.read(offset, min(_CHUNK, media.size - offset))
+            chunk = view[offset : offset + _CHUNK]
             if np.frombuffer(chunk, dtype=np.uint64).any():
                 os.pwrite(fd, chunk, offset)
         for offset, data in kept_sectors(cache, state):

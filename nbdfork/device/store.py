@@ -61,6 +61,10 @@ class Store:
         self._check(offset, length)
         return bytes(self._view[offset : offset + length])
 
+    def view(self) -> memoryview:
+        """A read-only view of the whole media (no copy): for scans."""
+        return self._view.toreadonly()
+
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """Copy `data` to `offset` (the caller's buffer is not kept)."""
         self._check(offset, len(data))

@@ -43,7 +43,7 @@ class CrashChecker:
 
     def __init__(self, cache: CacheModel) -> None:
         self.cache = cache
-        media = cache.media.read(0, cache.media.size)
+        media = cache.media.view()
         self._media = np.frombuffer(media, dtype=np.uint8)
         scan = scan_image(media)
         self._at: dict[int, tuple[PageKey, int]] = {}  # media page offset -> VALID page

@@ -1,0 +1,140 @@
+"""`nbdfork crash` on the host: plan, one boot, then report.json / report.md with a plot."""
+
+from __future__ import annotations
+
+import compileall
+import datetime as dt
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nbdfork.campaign.guest import CrashPlan
+from nbdfork.errors import ConfigError, VMError, VMLost
+from nbdfork.vm.kernel import detect_accel, find_kernel, validate_kernel
+from nbdfork.vm.run import VMConfig, find_vng, run_vm, vm_timeouts, vng_argv
+
+__all__ = ["CrashOptions", "run_crash", "summarize_states"]
+
+PROJECT = Path(__file__).resolve().parent.parent.parent
+SCHEMA = "nbdfork.crash/1"
+_FILESYSTEMS = ("ext4", "xfs", "btrfs")
+# Small devices keep each crash image cheap to build, mount and check; xfs wants >= 300 MB
+# and btrfs >= 114 MB (mkfs refuses less).
+_DEVICE_MIB = {"ext4": 96, "xfs": 320, "btrfs": 160}
+
+
+@dataclass(frozen=True, slots=True)
+class CrashOptions:
+    """What `nbdfork crash` accepts."""
+
+    out: Path
+    fs: str = "ext4"
+    states: int = 20
+    control_states: int = 6
+    seconds: float = 5.0
+    seed: int | None = None
+    ignore_flush: bool = False
+    kernel: str | None = None
+
+    def validate(self) -> None:
+        """ConfigError naming the first bad option."""
+        if self.fs not in _FILESYSTEMS:
+            raise ConfigError("--fs", f"{self.fs!r}: use one of {', '.join(_FILESYSTEMS)}")
+        if not 1 <= self.states <= 10000:
+            raise ConfigError("--states", f"{self.states} must be in [1, 10000]")
+        if not 0 <= self.control_states <= 1000:
+            raise ConfigError("--control-states", f"{self.control_states} must be in [0, 1000]")
+        if not 0 < self.seconds <= 600:
+            raise ConfigError("--seconds", f"{self.seconds:g} must be in (0, 600]")
+
+
+def summarize_states(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts per outcome and the totals the issue names."""
+    outcomes = Counter(str(r["outcome"]) for r in rows)
+    return {
+        "states_checked": len(rows),
+        "outcomes": dict(sorted(outcomes.items())),
+        "ledger_violations": outcomes["ledger_violation"],
+        # counted on their own: a state with lost writes may fail fsck as well
+        "fsck_failures": sum(r.get("fs", {}).get("fsck_ok") is False for r in rows),
+        "mount_failures": sum(r.get("fs", {}).get("mount_ok") is False for r in rows),
+        "torn_unexplained": outcomes["torn"],
+    }
+
+
+def _guest_command(plan_path: Path) -> list[str]:
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = f"{sys.prefix}/lib/{version}/site-packages"
+    return ["env", f"VIRTUAL_ENV={sys.prefix}", f"PYTHONPATH={PROJECT}:{site}",
+            "PYTHONDONTWRITEBYTECODE=1", sys.executable, "-S", "-m", "nbdfork.campaign.guest",
+            "--plan", str(plan_path)]  # fmt: skip
+
+
+def run_crash(options: CrashOptions) -> dict[str, Any]:
+    """Boot once, run the campaign and its control, write OUT/report.json; return it."""
+    options.validate()
+    out = options.out.absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    kernel = find_kernel(options.kernel)
+    validate_kernel(kernel, needs=("nbd", "loop", options.fs))
+    accel, _why = detect_accel(kernel.image)
+    seed = options.seed if options.seed is not None else int(time.time_ns() % (1 << 31))
+    size = _DEVICE_MIB[options.fs]
+    plan = CrashPlan(
+        out=str(out), plugin=str(PROJECT / "plugin" / "nbdfork_plugin.py"), venv=sys.prefix,
+        fs=options.fs, states=options.states, control_states=options.control_states,
+        seconds=options.seconds, seed=seed, ignore_flush=options.ignore_flush,
+        size=f"{size}M", size_bytes=size << 20,
+    )  # fmt: skip
+    plan.write(out / "crash-plan.json")
+    # The guest sees the tree read-only: without .pyc files every import compiles from source.
+    compileall.compile_dir(PROJECT / "nbdfork", quiet=2, workers=1)
+    started = time.monotonic()
+    argv = vng_argv(VMConfig(kernel=kernel, accel=accel, vng=find_vng()), out,
+                    _guest_command(out / "crash-plan.json"))  # fmt: skip
+    timeouts = vm_timeouts(accel)
+    vm = run_vm(argv, log_path=out / "vm.log", timeouts=timeouts)
+    report = _report(out, plan, kernel.release, accel, time.monotonic() - started)
+    report["outcome"] = _outcome(vm.lost, report)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if vm.lost:
+        raise VMLost(f"{vm.lost} (guest log: {out / 'guest.log'}, console: {out / 'vm.log'})")
+    return report
+
+
+def _load_rows(path: Path) -> list[dict[str, Any]] | None:
+    if not path.exists():
+        return None
+    rows: list[dict[str, Any]] = json.loads(path.read_text())
+    return rows
+
+
+def _report(out: Path, plan: CrashPlan, kernel: str, accel: str, seconds: float) -> dict[str, Any]:
+    rows = _load_rows(out / "campaign" / "states.json")
+    control = _load_rows(out / "control" / "states.json")
+    if rows is None:
+        raise VMError(f"the guest wrote no {out / 'campaign' / 'states.json'} (see guest.log)")
+    return {
+        "schema": SCHEMA, "kernel": kernel, "accel": accel, "fs": plan.fs, "seed": plan.seed,
+        "started": dt.datetime.now(dt.UTC).isoformat(), "duration_s": round(seconds, 1),
+        "device": {"size": plan.size, "cache": "volatile", "ignore_flush": plan.ignore_flush},
+        "workload": {"seconds": plan.seconds, "files": plan.files, "pages": plan.pages},
+        **summarize_states(rows),
+        "control": None if control is None else {"ignore_flush": True,
+                                                 **summarize_states(control)},
+        "states": rows,
+    }  # fmt: skip
+
+
+def _outcome(lost: str | None, report: dict[str, Any]) -> str:
+    if lost:
+        return "vm_lost"
+    control = report.get("control")
+    if control is not None and control["ledger_violations"] == 0:
+        return "control_failed"  # the checker could not fail: its passes mean nothing
+    bad = report["ledger_violations"] + report["fsck_failures"] + report["torn_unexplained"]
+    return "violations" if bad else "passed"
