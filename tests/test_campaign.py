@@ -9,7 +9,7 @@ import pytest
 
 from nbdfork.campaign.guest import mkfs_argv
 from nbdfork.campaign.host import CrashOptions, summarize_states
-from nbdfork.campaign.states import CampaignPlan, pick_points, run_campaign
+from nbdfork.campaign.states import CampaignPlan, candidate_points, pick_points, run_campaign
 from nbdfork.campaign.workload import Checkpoint, Ledger, LedgerFile
 from nbdfork.config import parse_params
 from nbdfork.device.clock import FakeClock
@@ -52,13 +52,33 @@ def test_ledger_round_trips_through_json() -> None:
 
 
 def test_points_are_seeded_and_spread() -> None:
-    """pick_points picks ceil(states/per_point) checkpoints, the same for the same seed."""
-    markers = list(range(0, 400, 10))
+    """pick_points picks ceil(states/per_point) points, the same for the same seed."""
+    candidates = [(record, record // 10) for record in range(0, 400, 10)]
     plan = CampaignPlan(states=20, seed=4, device_size=SIZE)
-    points = pick_points(markers, plan)
-    assert len(points) == 10 and points == pick_points(markers, plan)
-    assert points != pick_points(markers, CampaignPlan(states=20, seed=5, device_size=SIZE))
-    assert all(markers[c] == r for r, c in points.items())
+    points = pick_points(candidates, plan)
+    assert len(points) == 10 and points == pick_points(candidates, plan)
+    assert points != pick_points(candidates, CampaignPlan(states=20, seed=5, device_size=SIZE))
+    assert all(r // 10 == c for r, c in points.items())
+
+
+def test_candidate_points_carry_the_checkpoint_in_force(tmp_path: Path) -> None:
+    """Flush points map to the last checkpoint marked before them (-1 before the first)."""
+    _traced_session(tmp_path / "t.trace")
+    flushes = candidate_points(tmp_path / "t.trace", MARKER, "flush")
+    markers = candidate_points(tmp_path / "t.trace", MARKER, "checkpoint")
+    assert len(flushes) == len(markers) == 40
+    assert [c for _, c in flushes] == list(range(-1, 39))  # each flush precedes its marker
+    assert [c for _, c in markers] == list(range(40))
+    assert len(candidate_points(tmp_path / "t.trace", MARKER, "any")) == 40 * 3 + 1
+
+
+@pytest.mark.parametrize("kind", ["flush", "any"])
+def test_other_crash_points_pass_on_a_correct_device(tmp_path: Path, kind: str) -> None:
+    """Crash points at flushes or any write keep what the checkpoint in force promised."""
+    ledger = _traced_session(tmp_path / "t.trace")
+    plan = CampaignPlan(states=20, seed=3, device_size=SIZE, points=kind)
+    results = list(run_campaign(tmp_path / "t.trace", ledger, plan, tmp_path))
+    assert len(results) == 20 and all(r.outcome == "passed" for r in results)
 
 
 def test_correct_device_has_no_ledger_violations(tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ class CrashPlan:
     ignore_flush: bool = False
     files: int = 8
     pages: int = 4
+    points: str = "checkpoint"
 
     def write(self, path: Path) -> None:
         """Save as JSON."""
@@ -155,7 +156,7 @@ class GuestCampaign:
                  ignore_flush: bool) -> list[StateResult]:  # fmt: skip
         """Check `states` crash states of the recorded trace; results to OUT/name/states.json."""
         plan = CampaignPlan(states=states, seed=self.plan.seed, device_size=self.plan.size_bytes,
-                            ignore_flush=ignore_flush)  # fmt: skip
+                            ignore_flush=ignore_flush, points=self.plan.points)  # fmt: skip
         self.reporter.emit("run-start", id=f"{name}-states", seconds=30.0 * states)
         checker = make_fs_checker(self.plan.fs, _CHECK_MOUNT)
         (self.out / name).mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdfork.campaign.guest import CrashPlan
+from nbdfork.campaign.states import POINT_KINDS
 from nbdfork.errors import ConfigError, VMError, VMLost
 from nbdfork.vm.kernel import detect_accel, find_kernel, validate_kernel
 from nbdfork.vm.run import VMConfig, find_vng, run_vm, vm_timeouts, vng_argv
@@ -39,6 +40,7 @@ class CrashOptions:
     seed: int | None = None
     ignore_flush: bool = False
     kernel: str | None = None
+    points: str = "checkpoint"
 
     def validate(self) -> None:
         """ConfigError naming the first bad option."""
@@ -48,6 +50,8 @@ class CrashOptions:
             raise ConfigError("--states", f"{self.states} must be in [1, 10000]")
         if not 0 <= self.control_states <= 1000:
             raise ConfigError("--control-states", f"{self.control_states} must be in [0, 1000]")
+        if self.points not in POINT_KINDS:
+            raise ConfigError("--points", f"{self.points!r}: use one of {', '.join(POINT_KINDS)}")
         if not 0 < self.seconds <= 600:
             raise ConfigError("--seconds", f"{self.seconds:g} must be in (0, 600]")
 
@@ -88,7 +92,7 @@ def run_crash(options: CrashOptions) -> dict[str, Any]:
         out=str(out), plugin=str(PROJECT / "plugin" / "nbdfork_plugin.py"), venv=sys.prefix,
         fs=options.fs, states=options.states, control_states=options.control_states,
         seconds=options.seconds, seed=seed, ignore_flush=options.ignore_flush,
-        size=f"{size}M", size_bytes=size << 20,
+        size=f"{size}M", size_bytes=size << 20, points=options.points,
     )  # fmt: skip
     plan.write(out / "crash-plan.json")
     # The guest sees the tree read-only: without .pyc files every import compiles from source.
@@ -123,6 +127,7 @@ def _report(out: Path, plan: CrashPlan, kernel: str, accel: str, seconds: float)
         "started": dt.datetime.now(dt.UTC).isoformat(), "duration_s": round(seconds, 1),
         "device": {"size": plan.size, "cache": "volatile", "ignore_flush": plan.ignore_flush},
         "workload": {"seconds": plan.seconds, "files": plan.files, "pages": plan.pages},
+        "points": plan.points,
         **summarize_states(rows),
         "control": None if control is None else {"ignore_flush": True,
                                                  **summarize_states(control)},

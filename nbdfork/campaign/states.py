@@ -27,10 +27,12 @@ from nbdfork.oracle.ledger import PageKey
 from nbdfork.oracle.stamp import PAGE_SIZE
 
 __all__ = [
+    "POINT_KINDS",
     "CampaignPlan",
     "FsChecker",
     "StateResult",
     "durable_pages",
+    "candidate_points",
     "pick_points",
     "run_campaign",
 ]
@@ -45,6 +47,7 @@ class CampaignPlan:
     device_size: int
     ignore_flush: bool = False
     per_point: int = 2
+    points: str = "checkpoint"  # one of POINT_KINDS
 
 
 @dataclass(slots=True)
@@ -107,14 +110,40 @@ def _is_marker(rec: Record, marker_offset: int) -> bool:
     return rec.op == Op.READ and rec.length == PAGE_SIZE and marker_offset <= rec.offset < end
 
 
-def pick_points(markers: list[int], plan: CampaignPlan) -> dict[int, int]:
-    """Record index -> checkpoint number of the crash points: seeded, spread, sorted."""
+POINT_KINDS = ("checkpoint", "flush", "fua", "any")
+
+
+def candidate_points(trace: Path, marker_offset: int, kind: str) -> list[tuple[int, int]]:
+    """(record index, checkpoint in force) of every place a crash of `kind` may be cut:
+    right after a checkpoint marker, a FLUSH, a FUA write, or any write/flush. The checkpoint
+    in force is the last marker at or before the record (-1: nothing durable promised yet)."""
+    points: list[tuple[int, int]] = []
+    checkpoint = -1
+    for index, rec in enumerate(read_trace(trace)):
+        marker = _is_marker(rec, marker_offset)
+        checkpoint += marker
+        if _is_point(rec, kind, marker=marker):
+            points.append((index, checkpoint))
+    return points
+
+
+def _is_point(rec: Record, kind: str, *, marker: bool) -> bool:
+    if kind == "checkpoint":
+        return marker
+    if kind == "flush":
+        return rec.op == Op.FLUSH
+    if kind == "fua":
+        return rec.op == Op.WRITE and rec.fua
+    return rec.op in (Op.WRITE, Op.FLUSH)
+
+
+def pick_points(candidates: list[tuple[int, int]], plan: CampaignPlan) -> dict[int, int]:
+    """Record index -> checkpoint number of the chosen crash points: seeded, sorted."""
     wanted = max(1, -(-plan.states // plan.per_point))
-    numbered = list(enumerate(markers))
-    chosen = numbered if len(numbered) <= wanted else random.Random(plan.seed).sample(
-        numbered, wanted
-    )
-    return {record: checkpoint for checkpoint, record in sorted(chosen)}
+    chosen = candidates
+    if len(candidates) > wanted:
+        chosen = random.Random(plan.seed).sample(candidates, wanted)
+    return dict(sorted(chosen))
 
 
 def run_campaign(
@@ -128,7 +157,7 @@ def run_campaign(
             f"{trace}: {len(markers)} checkpoint markers in the trace but "
             f"{len(ledger.checkpoints)} checkpoints in the ledger"
         )
-    points = pick_points(markers, plan)
+    points = pick_points(candidate_points(trace, ledger.marker_offset, plan.points), plan)
     if not points:
         return
     cache = CacheModel(Store(plan.device_size), ignore_flush=plan.ignore_flush)
@@ -136,7 +165,8 @@ def run_campaign(
     for index, _ in enumerate(replay_cache(trace, cache)):
         if index not in points or remaining <= 0:
             continue
-        checkpoint = ledger.checkpoints[points[index]]
+        number = points[index]
+        checkpoint = ledger.checkpoints[number] if number >= 0 else Checkpoint(-1, {})
         count = min(plan.per_point, remaining)
         remaining -= count
         yield from _states_at(

@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--control-states", type=int, default=6,
                         help="states of the ignore-flush control (0: none)")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=5.0, help="workload seconds")
+    parser.add_argument(
+        "--points", default="checkpoint",
+        help="where to cut power: checkpoint (after each fsync returned, default), flush, "
+        "fua, or any (after any write or flush)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, help="seed (default: random, recorded)")
     parser.add_argument(
         "--ignore-flush", action="store_true",
@@ -51,6 +56,7 @@ def _handle(args: argparse.Namespace) -> int:
     options = CrashOptions(
         out=args.out, fs=args.fs, states=args.states, control_states=args.control_states,
         seconds=args.seconds, seed=args.seed, ignore_flush=args.ignore_flush, kernel=args.kernel,
+        points=args.points,
     )  # fmt: skip
     report = run_crash(options)
     paths = render_crash_report(options.out.absolute(), report)
