@@ -11,22 +11,28 @@
 # callback delegates to nbdfork.device.
 
 import os
-import site
 import sys
 from pathlib import Path
 
 
 def _add_project_paths() -> None:
     # nbdkit embeds Debian's /usr/bin/python3, which knows nothing of our venv: add the venv
-    # (VIRTUAL_ENV, else <project>/.venv) and the project source itself to sys.path.
+    # (VIRTUAL_ENV, else <project>/.venv) and the project source itself to sys.path. A plain
+    # append, not site.addsitedir: the venv's .pth hooks (the editable-install finder,
+    # setuptools' distutils shim) are not needed with the source on sys.path, and under qemu
+    # TCG every import costs seconds.
     root = Path(__file__).resolve().parent.parent
     venv = Path(os.environ.get("VIRTUAL_ENV") or root / ".venv")
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     site_packages = venv / "lib" / version / "site-packages"
-    if site_packages.is_dir():
-        site.addsitedir(str(site_packages))
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    if site_packages.is_dir() and str(site_packages) not in sys.path:
+        sys.path.append(str(site_packages))
+    # The plugin logs JSON lines to a file, never to a console: keep structlog from importing
+    # rich and pygments for its console renderer (23 s of a TCG guest's plugin start).
+    for console_only in ("rich", "pygments", "colorama", "better_exceptions"):
+        sys.modules.setdefault(console_only, None)  # type: ignore[arg-type]
 
 
 _add_project_paths()
@@ -144,12 +150,25 @@ def _call(fn, *args, **kwargs):
         raise
 
 
+_FLAG_FUA = nbdkit.FLAG_FUA
+
+
+# pread and pwrite run once per request: no _call frame, no argument packing, no module
+# attribute lookups beyond the device (bench/throughput.py measures what they cost).
 def pread(h, buf, offset, flags):
-    _call(_service.device.pread, buf, offset)
+    try:
+        _service.device.pread(buf, offset)
+    except DeviceError as exc:
+        nbdkit.set_error(exc.errno)
+        raise
 
 
 def pwrite(h, buf, offset, flags):
-    _call(_service.device.pwrite, h, buf, offset, fua=bool(flags & nbdkit.FLAG_FUA))
+    try:
+        _service.device.pwrite(h, buf, offset, fua=flags & _FLAG_FUA != 0)
+    except DeviceError as exc:
+        nbdkit.set_error(exc.errno)
+        raise
 
 
 def flush(h, flags):

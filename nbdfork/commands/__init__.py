@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from nbdfork.commands import crash, model, report, serve, verify
+from nbdfork.commands import crash, model, report, run, serve, verify
 
 __all__ = ["COMMANDS"]
 
 # Each register(subparsers) adds one subcommand whose parser sets `handler(args) -> int`.
 COMMANDS: list[Callable[[Any], None]] = [
+    run.register,
     serve.register,
     verify.register,
     report.register,

@@ -1,0 +1,172 @@
+"""report.json: the runs of one `nbdfork run`, assembled from the files the guest left in OUT.
+
+Per run the guest writes runs/<id>/result.json (steps, timings, its error), workload.json
+(latency and ledger), and the device's summary.json and events.jsonl for that run's connection.
+A run whose files are missing was cut short: vm_lost if the VM died, harness_error otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from nbdfork import __version__
+from nbdfork.vm.plan import Plan, RunSpec
+from nbdfork.vm.run import Outcome
+
+__all__ = [
+    "REPORT_SCHEMA",
+    "build_report",
+    "outcome_of",
+    "run_record",
+    "tool_versions",
+    "write_report",
+]
+
+REPORT_SCHEMA = "nbdfork.run/1"
+_VERDICT_KEYS = {"torn": "torn_write", "stale": "stale_write", "overlapping": "overlapping_write"}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def outcome_of(
+    result: Mapping[str, Any] | None,
+    verdicts: Mapping[str, int],
+    missing: tuple[Outcome, str] | None = None,
+) -> tuple[Outcome, str | None]:
+    """The run's outcome and error from its result.json and verdict counts; `missing` says
+    what became of a run that left no result (the VM was lost, the guest failed before it)."""
+    if result is None:
+        return missing or (Outcome.HARNESS_ERROR, "the guest left no result for this run")
+    if result.get("status") != "ok":
+        return Outcome.HARNESS_ERROR, str(result.get("error") or "failed")
+    if any(verdicts.values()):
+        return Outcome.VIOLATIONS, None
+    return Outcome.PASSED, None
+
+
+def run_record(
+    spec: RunSpec,
+    out: Path,
+    *,
+    kernel: str,
+    device: Mapping[str, Any],
+    missing: tuple[Outcome, str] | None = None,
+) -> dict[str, Any]:
+    """One entry of report.json's `runs`, from the run's directory."""
+    run_dir = out / "runs" / spec.id
+    result = _read_json(run_dir / "result.json")
+    summary = _read_json(run_dir / "summary.json") or {}
+    workload = _read_json(run_dir / "workload.json") or {}
+    counts = summary.get("counts") or {}
+    verdicts = {k: int(counts.get(v, 0)) for k, v in _VERDICT_KEYS.items()}
+    outcome, error = outcome_of(result, verdicts, missing)
+    durations = (result or {}).get("durations") or {}
+    latency = workload.get("writer_latency_ms") or dict.fromkeys(("p50", "p99", "p999", "max"))
+    return {
+        "id": spec.id,
+        "kernel": (result or {}).get("kernel") or kernel,
+        "fs": spec.fs,
+        "mkfs_options": spec.mkfs[1:],
+        "mkfs": (result or {}).get("mkfs"),
+        "mount_options": spec.mount_options,
+        "stable_writes": spec.stable_writes,
+        "stable_writes_read": (result or {}).get("stable_writes_read"),
+        "workload": spec.workload,
+        "workload_options": workload.get("config") or spec.workload_options,
+        "seconds": spec.seconds,
+        "writes": int(summary.get("writes", 0)),
+        "stamped_pages": int(summary.get("stamped_pages", 0)),
+        **verdicts,
+        "writer_latency_ms": {k: latency.get(k) for k in ("p50", "p99", "p999", "max")},
+        "writer_latency_hist": workload.get("writer_latency_hist")
+        or {"edges_ms": [], "counts": []},
+        "writer_ops": int(workload.get("writer_ops", 0)),
+        "outcome": str(outcome),
+        "error": error,
+        "seed": spec.seed,
+        "device": dict(device),
+        "guest_cpu": (result or {}).get("cpu"),
+        "durations": {
+            k: float(durations.get(k) or 0.0) for k in ("setup_s", "workload_s", "teardown_s")
+        },
+        "dir": f"runs/{spec.id}",
+    }
+
+
+def _version_of(argv: list[str]) -> str | None:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions of what a run depends on, for the record."""
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        vng: str | None = version("virtme-ng")
+    except Exception:
+        vng = None
+    nbdkit = _version_of(["nbdkit", "--version"])
+    return {
+        "nbdfork": __version__,
+        "nbdkit": nbdkit.split()[-1] if nbdkit else None,
+        "python": platform.python_version(),
+        "qemu": _version_of(["qemu-system-x86_64", "--version"]),
+        "virtme-ng": vng,
+    }
+
+
+def build_report(
+    plan: Plan,
+    *,
+    kernel: str,
+    accel: str,
+    started: dt.datetime,
+    duration_s: float,
+    harness: Mapping[str, Any],
+    versions: Mapping[str, Any],
+    missing: tuple[Outcome, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """report.json's content."""
+    out = Path(plan.out)
+    device = {k: v for k, v in plan.device.items() if k != "report"}
+    runs = [run_record(s, out, kernel=kernel, device=device, missing=missing) for s in plan.runs]
+    return {
+        "schema": REPORT_SCHEMA,
+        "kernel": kernel,
+        "accel": accel,
+        "seed": plan.seed,
+        "started": started.isoformat(timespec="seconds"),
+        "duration_s": round(duration_s, 3),
+        "harness": dict(harness),
+        "versions": dict(versions),
+        **(extra or {}),
+        "runs": runs,
+    }
+
+
+def write_report(out: Path, report: Mapping[str, Any]) -> Path:
+    """Write OUT/report.json atomically and return its path."""
+    path = out / "report.json"
+    tmp = path.with_name(f".report.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
