@@ -5,7 +5,7 @@ from __future__ import annotations
 import crc32c
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbdfork.oracle.stamp import (
@@ -19,6 +19,7 @@ from nbdfork.oracle.stamp import (
     decode_pages,
     encode_page,
     encode_pages,
+    find_stamps,
     mix64,
 )
 
@@ -37,6 +38,17 @@ def first_difference(a: bytes, b: bytes) -> int | None:
     """Index of the first byte where a and b differ."""
     diff = np.flatnonzero(np.frombuffer(a, np.uint8) != np.frombuffer(b, np.uint8))
     return int(diff[0]) if diff.size else None
+
+
+def restamp(page: bytes | bytearray) -> bytes:
+    """`page` with the crc of every sector recomputed as the spec says (crc fields zeroed)."""
+    data = bytearray(page)
+    for s in range(8):
+        data[s * SECTOR_SIZE + 32 : s * SECTOR_SIZE + 36] = bytes(4)
+    crc = crc32c.crc32c(bytes(data)).to_bytes(4, "little")
+    for s in range(8):
+        data[s * SECTOR_SIZE + 32 : s * SECTOR_SIZE + 36] = crc
+    return bytes(data)
 
 
 def fill_word(page: bytes, w: int) -> int:
@@ -189,6 +201,36 @@ def test_fill_corruption_is_located_to_the_byte(
     assert (d.crc_ok, d.first_mismatch) == (False, sector * SECTOR_SIZE + at)
 
 
+def test_crc_is_normative_not_the_fill() -> None:
+    """A fill that is not mix64's under consistent tags and a matching crc is VALID (rule 3)."""
+    data = bytearray(encode_page(1, 2, 3))
+    data[3 * SECTOR_SIZE + 100] ^= 0xFF
+    d = decode_page(restamp(data))
+    assert d == PageDecode(PageStatus.VALID, 1, 2, 3, (3,) * 8, True, None)
+
+
+@pytest.mark.parametrize(
+    ("field", "at"),
+    [("version", 8), ("sector", 10), ("stream", 12), ("page", 16), ("generation", 24),
+     ("reserved", 36)],
+)  # fmt: skip
+def test_one_inconsistent_header_field_is_torn(field: str, at: int) -> None:
+    """A header field changed in sector 5 alone, crc recomputed to match: TORN with crc_ok."""
+    data = bytearray(encode_page(1, 2, 3))
+    data[5 * SECTOR_SIZE + at] ^= 0x04
+    d = decode_page(restamp(data))
+    assert (d.status, d.crc_ok) == (PageStatus.TORN, True)
+    assert d.first_mismatch == 32  # the recomputed crc, in sector 0, differs from encode_page's
+
+
+def test_crc_differing_in_one_sector_is_torn() -> None:
+    """Sector 6 storing another crc than the other seven: TORN, located at that crc field."""
+    data = bytearray(encode_page(1, 2, 3))
+    data[6 * SECTOR_SIZE + 33] ^= 0x10
+    d = decode_page(bytes(data))
+    assert (d.status, d.crc_ok, d.first_mismatch) == (PageStatus.TORN, False, 6 * SECTOR_SIZE + 33)
+
+
 def test_identity_from_majority_when_sector_0_lost_its_magic() -> None:
     """Sector 0 zeroed: identity comes from the other sectors' majority, sector map has None."""
     data = bytes(SECTOR_SIZE) + encode_page(1, 2, 7)[SECTOR_SIZE:]
@@ -240,7 +282,8 @@ def test_zeros_are_unstamped_and_wrong_size_rejected() -> None:
 
 # --- the vectorized decoder --------------------------------------------------------------------
 
-KINDS = ("zero", "random", "valid", "sector_tear", "byte_tear", "bare_magic")
+KINDS = ("zero", "random", "valid", "sector_tear", "byte_tear", "bare_magic", "refilled",
+         "bad_reserved")  # fmt: skip
 
 
 def make_page(kind: str, n: int, seed: int) -> bytes:
@@ -255,7 +298,10 @@ def make_page(kind: str, n: int, seed: int) -> bytes:
         "sector_tear": new[: 512 * (cut % 7 + 1)] + old[512 * (cut % 7 + 1) :],
         "byte_tear": new[:cut] + old[cut:],
         "bare_magic": MAGIC + bytes(PAGE_SIZE - 8),
-    }
+        "refilled": restamp(new[:cut] + bytes([new[cut] ^ 1]) + new[cut + 1 :]) if cut % 512 >= 40
+        else new,  # a fill byte changed, crc recomputed: VALID
+        "bad_reserved": restamp(new[:36] + b"\x01" + new[37:]),
+    }  # fmt: skip
     return pages[kind]
 
 
@@ -277,6 +323,28 @@ def test_decode_pages_agrees_with_decode_page(kinds: list[str], seed: int, base:
     assert [(got.stream[k], got.page[k], got.generation[k]) for k in range(len(stamped))] == [
         (singles[i].stream, singles[i].page, singles[i].generation) for i in stamped
     ]
+
+
+@settings(deadline=None)  # 40 pages encoded per example: slow on a loaded machine
+@given(st.lists(st.sampled_from(KINDS), max_size=40), st.integers(0, 2**32), small)
+def test_find_stamps_agrees_with_decode_pages(kinds: list[str], seed: int, base: int) -> None:
+    """find_stamps (one page, a page loop, or numpy above 16 pages) gives decode_pages' verdicts."""
+    payload = b"".join(make_page(k, n, seed + n) for n, k in enumerate(kinds))
+    want = decode_pages(payload, base_offset=base * PAGE_SIZE)
+    got = find_stamps(memoryview(payload), base_offset=base * PAGE_SIZE)
+    assert got.stamped == want.stamped_count
+    assert list(got.valid) == want.valid_pages()
+    assert list(got.torn) == want.torn_pages()
+
+
+def test_find_stamps_of_one_unstamped_or_valid_page() -> None:
+    """One page: zeros and random bytes have no stamps; a VALID page is found at base_offset."""
+    assert find_stamps(bytes(PAGE_SIZE)) == (0, (), ())
+    assert find_stamps(np.random.default_rng(1).bytes(PAGE_SIZE)) == (0, (), ())
+    assert find_stamps(encode_page(3, 4, 5), base_offset=8192) == (1, ((8192, 3, 4, 5),), ())
+    assert find_stamps(np.frombuffer(encode_page(3, 4, 5), np.uint8)).valid == ((0, 3, 4, 5),)
+    with pytest.raises(ValueError, match="multiple of 4096"):
+        find_stamps(bytes(PAGE_SIZE + 512))
 
 
 def test_decode_pages_counts_and_offsets() -> None:

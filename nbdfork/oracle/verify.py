@@ -11,12 +11,19 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from nbdfork.oracle.stamp import PAGE_SIZE, SECTOR_SIZE, Buffer, PagesDecode, decode_pages
+from nbdfork.oracle.stamp import (
+    NO_STAMPS,
+    PAGE_SIZE,
+    SECTOR_SIZE,
+    Buffer,
+    PageDecode,
+    Stamps,
+    find_stamps,
+)
 
 __all__ = [
     "Event",
@@ -44,9 +51,8 @@ COUNTED = (
 """The keys of Oracle.counts(): events per verdict, then per-write and per-page tallies."""
 
 
-@dataclass(frozen=True, slots=True)
-class WriteRequest:
-    """One NBD WRITE as the device saw it arrive."""
+class WriteRequest(NamedTuple):
+    """One NBD WRITE as the device saw it arrive (a NamedTuple: one is built per WRITE)."""
 
     request_id: int
     connection: int
@@ -72,12 +78,13 @@ class EventSink(Protocol):
     def emit(self, event: Mapping[str, object]) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class InFlight:
+class InFlight(NamedTuple):
     """A WRITE that arrived and has not been replied to, with the VALID pages it carries."""
 
     req: WriteRequest
     valid: tuple[tuple[PageKey, int], ...]  # ((lba, stream, page), generation)
+    first_sector: int  # req.first_sector, kept for the overlap scan on every arrival
+    end_sector: int
 
 
 def aligned_window(offset: int, length: int) -> tuple[int, int]:
@@ -92,10 +99,10 @@ def _where(req: WriteRequest) -> Event:
     return {"time": req.time, "connection": req.connection, "request_id": req.request_id}
 
 
-def validate_torn(req: WriteRequest, decoded: PagesDecode) -> list[Event]:
-    """One torn_write event per TORN page in the write's decoded payload."""
+def validate_torn(req: WriteRequest, torn: Iterable[tuple[int, PageDecode]]) -> list[Event]:
+    """One torn_write event per TORN page of the write, given as (device offset, decode)."""
     events: list[Event] = []
-    for offset, d in decoded.torn_pages():
+    for offset, d in torn:
         gens = sorted({g for g in d.sector_generations if g is not None})
         events.append({
             "event": "torn_write", "offset": offset, "lba": offset // SECTOR_SIZE,
@@ -149,24 +156,36 @@ def validate_overlap(req: WriteRequest, in_flight: Iterable[WriteRequest]) -> li
     return events
 
 
-def _decode(req: WriteRequest, data: Buffer) -> PagesDecode:
-    """Decode the aligned pages of a WRITE payload."""
+def _stamps(req: WriteRequest, data: Buffer) -> Stamps:
+    """The stamped pages among the device-aligned pages of a WRITE payload."""
+    offset, length = req.offset, req.length
+    if len(data) != length:
+        raise ValueError(f"write {req.request_id}: payload {len(data)} bytes, length {length}")
+    if not (offset | length) % PAGE_SIZE:  # the usual aligned WRITE: no slicing
+        return find_stamps(data, base_offset=offset) if length else NO_STAMPS
+    start, end = aligned_window(offset, length)
+    if end == start:
+        return NO_STAMPS
     raw = np.frombuffer(data, dtype=np.uint8)
-    if raw.size != req.length:
-        raise ValueError(f"write {req.request_id}: payload {raw.size} bytes, length {req.length}")
-    start, end = aligned_window(req.offset, req.length)
-    return decode_pages(raw[start - req.offset : end - req.offset], base_offset=start)
+    return find_stamps(raw[start - offset : end - offset], base_offset=start)
 
 
-def _valid_keys(decoded: PagesDecode) -> tuple[tuple[PageKey, int], ...]:
-    """((lba, stream, page), generation) of each VALID page."""
-    return tuple(
-        ((s.offset // SECTOR_SIZE, s.stream, s.page), s.generation) for s in decoded.valid_pages()
-    )
+_new_tuple = tuple.__new__
+
+
+def _valid_keys(stamps: Stamps) -> tuple[tuple[PageKey, int], ...]:
+    """((lba, stream, page), generation) of each VALID page (transposed: no per-page frame)."""
+    offsets, streams, pages, gens = zip(*stamps.valid, strict=True)
+    lbas = [o // SECTOR_SIZE for o in offsets]
+    return tuple(zip(zip(lbas, streams, pages, strict=True), gens, strict=True))
 
 
 class Oracle:
-    """Judges every WRITE: call write_arrived on arrival and write_replied on reply."""
+    """Judges every WRITE: call write_arrived on arrival and write_replied on reply.
+
+    Runs on every WRITE the device serves, so the common case — an unstamped or VALID payload
+    with nothing in flight beside it — takes one lock, no event and no per-page object.
+    """
 
     def __init__(self, sink: EventSink) -> None:
         self._sink = sink
@@ -174,23 +193,43 @@ class Oracle:
         self._in_flight: dict[int, InFlight] = {}
         self._replied: dict[PageKey, int] = {}
         self._counts: Counter[str] = Counter({name: 0 for name in COUNTED})
+        self._writes = self._stamped = self._valid = 0  # per-WRITE tallies, kept out of _counts
 
     def write_arrived(self, req: WriteRequest, data: Buffer) -> None:
         """Decode the payload, emit its verdicts and register it as in flight."""
-        decoded = _decode(req, data)  # outside the lock: pure and the costly part
-        valid = _valid_keys(decoded) if decoded.stamped_count else ()
+        offset, length = req.offset, req.length
+        if length == len(data) == PAGE_SIZE and not offset % PAGE_SIZE:  # the usual WRITE
+            stamps = find_stamps(data, base_offset=offset)  # outside the lock: pure
+        else:
+            stamps = _stamps(req, data)
+        valid = _valid_keys(stamps) if stamps.valid else ()
+        first, end = offset // SECTOR_SIZE, -(-(offset + length) // SECTOR_SIZE)
+        events: list[Event] = []
         with self._lock:
-            if req.request_id in self._in_flight:
+            in_flight = self._in_flight
+            if req.request_id in in_flight:
                 raise ValueError(f"write {req.request_id} is already in flight")
-            others = (f.req for f in self._in_flight.values())
-            events = validate_overlap(req, others) + validate_torn(req, decoded)
-            stale = validate_stale(req, valid, self._replied)
-            events += stale
-            if stale:  # reported once: not again when this copy lands
-                valid = tuple(v for v in valid if v[1] >= self._replied.get(v[0], -1))
-            self._in_flight[req.request_id] = InFlight(req, valid)
-            self._count(decoded, events)
-        self._emit(events)
+            others = [o for o, _, a, b in in_flight.values() if a < end and first < b]
+            if others:
+                events += validate_overlap(req, others)
+            if stamps.torn:
+                events += validate_torn(req, stamps.torn)
+            if valid:
+                stale = validate_stale(req, valid, self._replied)
+                if stale:  # reported once: not again when this copy lands
+                    events += stale
+                    valid = tuple(v for v in valid if v[1] >= self._replied.get(v[0], -1))
+            # tuple.__new__ builds the NamedTuple without running its Python-level __new__
+            in_flight[req.request_id] = _new_tuple(InFlight, (req, valid, first, end))
+            self._writes += 1
+            if stamps.stamped:
+                self._stamped += stamps.stamped
+                self._valid += len(stamps.valid)
+                self._counts["torn_pages"] += len(stamps.torn)
+            if events:
+                self._count_events(events)
+        if events:
+            self._emit(events)
 
     def write_replied(self, request_id: int, *, ok: bool, time: float) -> None:
         """The device replied: on success, its VALID pages' generations become the replied ones.
@@ -198,45 +237,43 @@ class Oracle:
         `time` is accepted for symmetry with write_arrived and future verdicts; a reply to an
         unknown request is counted as `unknown_replies` and otherwise ignored.
         """
-        events: list[Event] = []
         with self._lock:
             flight = self._in_flight.pop(request_id, None)
             if flight is None:
                 self._counts["unknown_replies"] += 1
-            elif not ok:
+                return
+            if not ok:
                 self._counts["failed_writes"] += 1
-            else:
-                reply = replace(flight.req, time=time)
-                events = validate_stale(reply, flight.valid, self._replied, phase="reply")
-                self._count_events(events)
-                self._advance(flight.valid)
+                return
+            if not flight.valid:
+                return
+            replied = self._replied
+            late: list[tuple[PageKey, int]] = []
+            for key, gen in flight.valid:  # keys are distinct: one lba per page of a write
+                newer = replied.get(key, -1)
+                if gen > newer:
+                    replied[key] = gen
+                elif gen < newer:
+                    late.append((key, gen))
+            if not late:
+                return
+            reply = flight.req._replace(time=time)  # built only when there is a verdict
+            events = validate_stale(reply, late, replied, phase="reply")
+            self._count_events(events)
         self._emit(events)
 
     def counts(self) -> dict[str, int]:
         """Events per verdict, plus writes, stamped/valid/torn pages, failed writes."""
         with self._lock:
-            return dict(self._counts)
+            counts = dict(self._counts)
+            counts.update(writes=self._writes, stamped_pages=self._stamped)
+            counts["valid_pages"] = self._valid
+        return counts
 
     def in_flight(self) -> list[WriteRequest]:
         """The WRITEs arrived and not yet replied to, in arrival order."""
         with self._lock:
             return [f.req for f in self._in_flight.values()]
-
-    def _advance(self, valid: Iterable[tuple[PageKey, int]]) -> None:
-        """Raise each key's replied generation to `gen` if newer (lock held)."""
-        replied = self._replied
-        for key, gen in valid:
-            if gen > replied.get(key, -1):
-                replied[key] = gen
-
-    def _count(self, decoded: PagesDecode, events: list[Event]) -> None:
-        """Account one WRITE and its events (lock held)."""
-        c = self._counts
-        c["writes"] += 1
-        c["stamped_pages"] += decoded.stamped_count
-        c["valid_pages"] += decoded.valid_count
-        c["torn_pages"] += decoded.torn_count
-        self._count_events(events)
 
     def _count_events(self, events: list[Event]) -> None:
         """Count verdicts by kind (lock held)."""

@@ -1,0 +1,549 @@
+"""Throughput of nbdfork against nbdkit's C memory plugin and a minimal Python plugin.
+
+Run from the project root after scripts/setup (docs/benchmarks.md explains the numbers):
+
+    .venv/bin/python bench/throughput.py                 # about 5 minutes
+    .venv/bin/python bench/throughput.py --quick         # under a minute
+    .venv/bin/python bench/throughput.py --json out.json # also write the results as JSON
+
+One run starts four nbdkit servers on unix sockets — `c_memory` (nbdkit's C memory plugin, the
+practical limit), `minimal_python` (bench/minimal_plugin.py, a bytearray store), `oracle_off`
+and `oracle_on` (plugin/nbdfork_plugin.py, no latency, no reordering) — then measures every
+workload on every server, repetition after repetition, rotating the server order so that
+machine drift hits all alike, and reports medians and ratios of medians.
+
+fio cannot write stamped pages (its buffer_pattern is at most 512 bytes, and a stamped page
+is 4096 bytes whose 8 sectors differ), so the stamped workloads are driven by nbdcopy (libnbd's
+C copier: sequential, a fixed number of requests in flight) copying a file of stamped pages;
+the same nbdcopy run with random bytes gives the like-for-like unstamped row.
+
+Last, a fresh `oracle_on` server with a 64 GiB device gets 200 MiB of stamped 1 MiB writes at
+random places: its resident set (VmRSS) is read before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a fresh clone: import nbdfork from here
+    sys.path.insert(0, str(ROOT))
+
+import nbd  # noqa: E402  libnbd's Python binding (python3-libnbd, seen through the venv)
+
+from nbdfork.oracle.stamp import PAGE_SIZE, encode_pages  # noqa: E402
+
+SCHEMA = "nbdfork.bench.throughput/1"
+PLUGIN = ROOT / "plugin" / "nbdfork_plugin.py"
+MINIMAL = ROOT / "bench" / "minimal_plugin.py"
+MIB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One nbdkit server: its name in tables and JSON, and its nbdkit plugin arguments."""
+
+    name: str
+    plugin: tuple[str, ...]
+
+
+TARGETS = (
+    Target("c_memory", ("memory",)),
+    Target("minimal_python", ("python", str(MINIMAL))),
+    Target("oracle_off", ("python", str(PLUGIN), "oracle=off")),
+    Target("oracle_on", ("python", str(PLUGIN), "oracle=on")),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """One load: fio (time-based, unstamped) or nbdcopy (a file copied, stamped or not)."""
+
+    name: str
+    tool: str  # "fio" | "nbdcopy"
+    rw: str  # fio's rw=, or "write" for nbdcopy (sequential)
+    bs: int
+    qd: int
+    payload: str  # "fio" (fio's random buffers), "stamped" or "random"
+
+    def describe(self) -> str:
+        """A short human label, e.g. 'fio 4k randwrite QD32'."""
+        size = f"{self.bs // MIB}m" if self.bs >= MIB else f"{self.bs // 1024}k"
+        extra = f" {self.payload}" if self.tool == "nbdcopy" else ""
+        return f"{self.tool} {size} {self.rw} QD{self.qd}{extra}"
+
+
+WORKLOADS = (
+    Workload("4k_randwrite", "fio", "randwrite", 4096, 32, "fio"),
+    Workload("4k_randread", "fio", "randread", 4096, 32, "fio"),
+    Workload("1m_write", "fio", "write", MIB, 8, "fio"),
+    Workload("4k_write_stamped", "nbdcopy", "write", 4096, 32, "stamped"),
+    Workload("4k_write_unstamped", "nbdcopy", "write", 4096, 32, "random"),
+    Workload("1m_write_stamped", "nbdcopy", "write", MIB, 8, "stamped"),
+)
+
+# name -> (numerator (target, workload), denominator (target, workload))
+Cell = tuple[str, str]
+RATIOS: dict[str, tuple[Cell, Cell]] = {
+    "oracle_on_vs_minimal_python_4k_randwrite": (
+        ("oracle_on", "4k_randwrite"), ("minimal_python", "4k_randwrite")),
+    "oracle_on_vs_c_memory_4k_randwrite": (
+        ("oracle_on", "4k_randwrite"), ("c_memory", "4k_randwrite")),
+    "oracle_on_vs_c_memory_1m_write": (("oracle_on", "1m_write"), ("c_memory", "1m_write")),
+    "oracle_on_vs_off_4k_randwrite": (
+        ("oracle_on", "4k_randwrite"), ("oracle_off", "4k_randwrite")),
+    "oracle_on_vs_minimal_python_4k_randread": (
+        ("oracle_on", "4k_randread"), ("minimal_python", "4k_randread")),
+    "oracle_on_vs_minimal_python_1m_write": (
+        ("oracle_on", "1m_write"), ("minimal_python", "1m_write")),
+    "oracle_off_vs_minimal_python_4k_randwrite": (
+        ("oracle_off", "4k_randwrite"), ("minimal_python", "4k_randwrite")),
+    "minimal_python_vs_c_memory_4k_randwrite": (
+        ("minimal_python", "4k_randwrite"), ("c_memory", "4k_randwrite")),
+    "oracle_on_vs_minimal_python_4k_write_stamped": (
+        ("oracle_on", "4k_write_stamped"), ("minimal_python", "4k_write_stamped")),
+    "oracle_on_vs_c_memory_4k_write_stamped": (
+        ("oracle_on", "4k_write_stamped"), ("c_memory", "4k_write_stamped")),
+    "oracle_on_vs_off_4k_write_stamped": (
+        ("oracle_on", "4k_write_stamped"), ("oracle_off", "4k_write_stamped")),
+    "oracle_on_stamped_vs_unstamped_4k_write": (
+        ("oracle_on", "4k_write_stamped"), ("oracle_on", "4k_write_unstamped")),
+    "oracle_on_vs_c_memory_1m_write_stamped": (
+        ("oracle_on", "1m_write_stamped"), ("c_memory", "1m_write_stamped")),
+    "oracle_on_vs_off_1m_write_stamped": (
+        ("oracle_on", "1m_write_stamped"), ("oracle_off", "1m_write_stamped")),
+}  # fmt: skip
+
+GOALS = {  # issue 5: oracle on, no latency or reordering
+    "oracle_on_vs_minimal_python_4k_randwrite": 0.9,
+    "oracle_on_vs_c_memory_4k_randwrite": 0.4,
+    "oracle_on_vs_c_memory_1m_write": 0.9,
+    "oracle_on_vs_off_4k_randwrite": 0.9,
+}
+MEMORY_GOAL = 2.0  # nbdkit's VmRSS after writing <= 2x the bytes written
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How much to measure; `--quick` and the full run differ only here."""
+
+    reps: int = 5
+    runtime: float = 3.0  # seconds per fio run
+    ramp: float = 0.5  # fio ramp_time, not counted
+    device_size: int = 512 * MIB
+    memory_device: int = 64 << 30
+    memory_written: int = 200 * MIB
+
+    @property
+    def volume_4k(self) -> int:
+        """Bytes nbdcopy copies with 4 KiB requests: about `runtime` at ~8k IOPS or more."""
+        return _clamp(int(self.runtime * 32 * MIB), 1 * MIB, self.device_size)
+
+    @property
+    def volume_1m(self) -> int:
+        """Bytes nbdcopy copies with 1 MiB requests."""
+        return _clamp(int(self.runtime * 256 * MIB), 8 * MIB, self.device_size)
+
+
+QUICK = Settings(reps=2, runtime=0.5, ramp=0.0, device_size=256 * MIB)
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    """`value` within [low, high], rounded down to a MiB."""
+    return max(low, min(high, value)) // MIB * MIB
+
+
+@dataclass(slots=True)
+class Sample:
+    """One measured run."""
+
+    iops: float
+    mb_s: float
+
+
+@dataclass(slots=True)
+class Series:
+    """All runs of one workload on one target, and their medians."""
+
+    runs: list[Sample] = field(default_factory=list)
+
+    @property
+    def iops(self) -> float:
+        """Median IOPS."""
+        return statistics.median(s.iops for s in self.runs)
+
+    @property
+    def mb_s(self) -> float:
+        """Median MB/s (10^6 bytes per second)."""
+        return statistics.median(s.mb_s for s in self.runs)
+
+
+# --- servers -------------------------------------------------------------------------------
+
+
+class Server:
+    """nbdkit serving one target on a unix socket, as a child of this process."""
+
+    def __init__(self, target: Target, size: int, workdir: Path) -> None:
+        self.target = target
+        self.socket = workdir / f"{target.name}.sock"
+        self.log = (workdir / f"{target.name}.log").open("w")
+        argv = [_tool("nbdkit"), "--foreground", "--exit-with-parent", "--unix", str(self.socket),
+                *target.plugin, f"size={size}"]  # fmt: skip
+        env = dict(os.environ, VIRTUAL_ENV=sys.prefix)  # the plugin finds the venv through it
+        self.proc = subprocess.Popen(argv, env=env, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 30
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                log = Path(self.log.name).read_text()
+                raise RuntimeError(f"nbdkit ({target.name}) did not start:\n{log}")
+            time.sleep(0.02)
+
+    @property
+    def uri(self) -> str:
+        """The NBD URI of the socket."""
+        return f"nbd+unix:///?socket={self.socket}"
+
+    def rss(self) -> int:
+        """nbdkit's resident set size in bytes (VmRSS)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS in /proc/PID/status")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if nbdkit has not exited within 10 s."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@contextlib.contextmanager
+def serving(targets: Sequence[Target], size: int, workdir: Path) -> Iterator[dict[str, Server]]:
+    """Start one server per target; all are stopped on the way out, whatever happens."""
+    servers: dict[str, Server] = {}
+    try:
+        for target in targets:
+            servers[target.name] = Server(target, size, workdir)
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def _tool(name: str) -> str:
+    """The absolute path of a required program."""
+    path = shutil.which(name)
+    if path is None:
+        raise SystemExit(f"bench: {name} is not installed (run scripts/setup)")
+    return path
+
+
+# --- load generators -------------------------------------------------------------------------
+
+
+def run_fio(uri: str, w: Workload, settings: Settings, out: Path, *, timed: bool = True) -> Sample:
+    """One fio run over NBD; time-based unless `timed` is False (then one pass of the device)."""
+    argv = [_tool("fio"), "--name=bench", "--ioengine=nbd", f"--uri={uri}", f"--rw={w.rw}",
+            f"--bs={w.bs}", f"--iodepth={w.qd}", "--output-format=json",
+            f"--output={out}"]  # fmt: skip
+    if timed:
+        argv += ["--time_based", f"--runtime={_ms(settings.runtime)}"]
+        if settings.ramp:
+            argv.append(f"--ramp_time={_ms(settings.ramp)}")
+    _run(argv)
+    job = json.loads(out.read_text())["jobs"][0]
+    side = job["read" if "read" in w.rw else "write"]
+    return Sample(float(side["iops"]), float(side["bw_bytes"]) / 1e6)
+
+
+def run_nbdcopy(uri: str, w: Workload, source: Path) -> Sample:
+    """Copy `source` to the server with nbdcopy: one connection, one thread, `w.qd` in flight."""
+    argv = [_tool("nbdcopy"), "--connections=1", "--threads=1", f"--requests={w.qd}",
+            f"--request-size={w.bs}", "--sparse=0", str(source), uri]  # fmt: skip
+    start = time.monotonic()
+    _run(argv)
+    elapsed = time.monotonic() - start
+    size = source.stat().st_size
+    return Sample(size / w.bs / elapsed, size / elapsed / 1e6)
+
+
+def _ms(seconds: float) -> str:
+    """A duration as fio reads it."""
+    return f"{round(seconds * 1000)}ms"
+
+
+def _run(argv: list[str]) -> None:
+    """Run a load generator; its failure is the benchmark's failure."""
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{Path(argv[0]).name} failed ({proc.returncode}): {proc.stderr}")
+
+
+def make_sources(workdir: Path, settings: Settings) -> dict[str, Path]:
+    """The files nbdcopy copies, per workload: stamped pages or random bytes."""
+    pool = {
+        # 4096 pages of stream 1, generation 1: repeated copies land at other device offsets,
+        # which the oracle accepts (a VALID page may live anywhere; same generation again).
+        "stamped": encode_pages(1, 0, [1] * min(4096, settings.volume_1m // PAGE_SIZE)),
+        "random": random.Random(5).randbytes(16 * MIB),
+    }
+    sources = {}
+    for w in WORKLOADS:
+        if w.tool != "nbdcopy":
+            continue
+        path = sources[w.name] = workdir / f"{w.name}.img"
+        volume = settings.volume_4k if w.bs < MIB else settings.volume_1m
+        chunk = pool[w.payload]
+        with path.open("wb") as out:
+            for at in range(0, volume, len(chunk)):
+                out.write(chunk[: volume - at])
+    return sources
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def measure(settings: Settings, workdir: Path, *, log: bool = True) -> dict[str, dict[str, Series]]:
+    """Every workload on every target, `settings.reps` times, interleaved."""
+    sources = make_sources(workdir, settings)
+    results = {t.name: {w.name: Series() for w in WORKLOADS} for t in TARGETS}
+    fio_out = workdir / "fio.json"
+    with serving(TARGETS, settings.device_size, workdir) as servers:
+        prefill = Workload("prefill", "fio", "write", MIB, 8, "fio")
+        for server in servers.values():  # steady state: every page allocated before measuring
+            run_fio(server.uri, prefill, settings, fio_out, timed=False)
+        for rep in range(settings.reps):
+            order = TARGETS[rep % len(TARGETS) :] + TARGETS[: rep % len(TARGETS)]
+            for w in WORKLOADS:
+                for target in order:
+                    uri = servers[target.name].uri
+                    if w.tool == "fio":
+                        sample = run_fio(uri, w, settings, fio_out)
+                    else:
+                        sample = run_nbdcopy(uri, w, sources[w.name])
+                    results[target.name][w.name].runs.append(sample)
+            if log:
+                print(f"bench: repetition {rep + 1}/{settings.reps} done", file=sys.stderr)
+    return results
+
+
+def measure_memory(settings: Settings, workdir: Path) -> dict[str, object]:
+    """VmRSS of an oracle_on server with a large device before and after stamped writes."""
+    target = Target("memory_oracle_on", ("python", str(PLUGIN), "oracle=on"))
+    chunk = encode_pages(2, 0, [1] * (MIB // PAGE_SIZE))
+    rng = random.Random(7)
+    slots = rng.sample(range(settings.memory_device // MIB), settings.memory_written // MIB)
+    with serving([target], settings.memory_device, workdir) as servers:
+        server = servers[target.name]
+        handle = nbd.NBD()
+        handle.connect_uri(server.uri)
+        before = server.rss()
+        for slot in slots:
+            handle.pwrite(chunk, slot * MIB)
+        handle.flush()
+        after = server.rss()
+        handle.shutdown()
+        del handle
+    written = len(slots) * MIB
+    return {
+        "device_size": settings.memory_device,
+        "written": written,
+        "payload": "stamped 1 MiB writes at random 1 MiB-aligned offsets",
+        "rss_before": before,
+        "rss_after": after,
+        "rss_growth": after - before,
+        "rss_after_vs_written": after / written,
+        "goal": MEMORY_GOAL,
+        "met": after <= MEMORY_GOAL * written,
+    }
+
+
+def ratios(results: dict[str, dict[str, Series]]) -> dict[str, float]:
+    """Every ratio of RATIOS, from medians of IOPS."""
+    out = {}
+    for name, ((t1, w1), (t2, w2)) in RATIOS.items():
+        out[name] = round(results[t1][w1].iops / results[t2][w2].iops, 3)
+    return out
+
+
+def report(
+    settings: Settings,
+    results: dict[str, dict[str, Series]],
+    memory: dict[str, object] | None,
+    started: dt.datetime,
+    elapsed: float,
+) -> dict[str, object]:
+    """Everything the JSON file holds."""
+    ratio = ratios(results)
+    return {
+        "schema": SCHEMA,
+        "started": started.isoformat(timespec="seconds"),
+        "duration_s": round(elapsed, 1),
+        "host": _host(),
+        "settings": {
+            **asdict(settings),
+            "volume_4k": settings.volume_4k,
+            "volume_1m": settings.volume_1m,
+        },
+        "targets": {t.name: " ".join(t.plugin) for t in TARGETS},
+        "workloads": {w.name: {**asdict(w), "label": w.describe()} for w in WORKLOADS},
+        "results": {t: {w: _medians(s) for w, s in by_w.items()} for t, by_w in results.items()},
+        "ratios": ratio,
+        "goals": {
+            name: {"ratio": ratio[name], "goal": goal, "met": ratio[name] >= goal}
+            for name, goal in GOALS.items()
+        },
+        "memory": memory,
+    }
+
+
+def _medians(series: Series) -> dict[str, object]:
+    """One JSON cell: medians and every run's IOPS."""
+    runs = [round(r.iops, 1) for r in series.runs]
+    return {"iops": round(series.iops, 1), "mb_s": round(series.mb_s, 2), "runs_iops": runs}
+
+
+def _host() -> dict[str, object]:
+    """What the numbers depend on: CPUs, load, tool versions."""
+
+    def version(argv: list[str]) -> str:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return (proc.stdout or proc.stderr).splitlines()[0] if proc.returncode == 0 else "?"
+
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg(),
+        "python": sys.version.split()[0],
+        "nbdkit": version([_tool("nbdkit"), "--version"]),
+        "fio": version([_tool("fio"), "--version"]),
+        "nbdcopy": version([_tool("nbdcopy"), "--version"]),
+    }
+
+
+def render(doc: dict[str, object]) -> str:
+    """The terminal table: medians per workload and target, then ratios, goals, memory."""
+    results: dict[str, dict[str, dict[str, float]]] = doc["results"]  # type: ignore[assignment]
+    names = [t.name for t in TARGETS]
+    lines = [f"{'median IOPS (MB/s)':34}" + "".join(f"{n:>20}" for n in names)]
+    for w in WORKLOADS:
+        cells = [f"{results[n][w.name]['iops']:>9,.0f} ({results[n][w.name]['mb_s']:>6,.0f})"
+                 for n in names]  # fmt: skip
+        lines.append(f"{w.describe():34}" + "".join(f"{c:>20}" for c in cells))
+    lines.append("")
+    goals: dict[str, dict[str, object]] = doc["goals"]  # type: ignore[assignment]
+    for name, value in doc["ratios"].items():  # type: ignore[attr-defined]
+        goal = goals.get(name)
+        mark = ""
+        if goal is not None:
+            mark = f"   goal >= {goal['goal']}: {'met' if goal['met'] else 'NOT MET'}"
+        lines.append(f"{name:48} {value:6.3f}{mark}")
+    memory = doc["memory"]
+    if isinstance(memory, dict):
+        lines += ["", (
+            f"memory: {memory['device_size'] >> 30} GiB device, {memory['written'] >> 20} MiB "
+            f"written: VmRSS {memory['rss_before'] / MIB:.0f} -> {memory['rss_after'] / MIB:.0f} "
+            f"MiB = {memory['rss_after_vs_written']:.2f}x written   goal <= {MEMORY_GOAL}x: "
+            f"{'met' if memory['met'] else 'NOT MET'}")]  # fmt: skip
+    return "\n".join(lines)
+
+
+def render_markdown(doc: dict[str, object]) -> str:
+    """The same figures as Markdown tables, for docs/benchmarks.md."""
+    results: dict[str, dict[str, dict[str, float]]] = doc["results"]  # type: ignore[assignment]
+    names = [t.name for t in TARGETS]
+    lines = ["| median IOPS (MB/s) | " + " | ".join(f"`{n}`" for n in names) + " |",
+             "|---|" + "---:|" * len(names)]  # fmt: skip
+    for w in WORKLOADS:
+        cells = [f"{results[n][w.name]['iops']:,.0f} ({results[n][w.name]['mb_s']:,.0f})"
+                 for n in names]  # fmt: skip
+        lines.append(f"| {w.describe()} | " + " | ".join(cells) + " |")
+    lines += ["", "| ratio of medians | value | goal |", "|---|---:|---|"]
+    goals: dict[str, dict[str, object]] = doc["goals"]  # type: ignore[assignment]
+    for name, value in doc["ratios"].items():  # type: ignore[attr-defined]
+        goal = goals.get(name)
+        mark = ""
+        if goal is not None:
+            mark = f"≥ {goal['goal']}: {'met' if goal['met'] else '**not met**'}"
+        lines.append(f"| `{name}` | {value:.3f} | {mark} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings]:
+    """Command-line options; --quick picks the short preset, the others override a preset."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a short run (under a minute)")
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument("--from-json", type=Path, metavar="FILE",
+                   help="measure nothing: print the tables of a saved JSON file")  # fmt: skip
+    p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    p.add_argument("--reps", type=int, help="repetitions of every workload on every target")
+    p.add_argument("--runtime", type=float, help="seconds per fio run (scales nbdcopy volumes)")
+    p.add_argument("--device-size", type=int, metavar="MIB", help="device size of the servers")
+    p.add_argument("--memory-written", type=int, metavar="MIB",
+                   help="MiB written in the memory check (0 skips it)")  # fmt: skip
+    args = p.parse_args(argv)
+    settings = QUICK if args.quick else Settings()
+    overrides: dict[str, object] = {}
+    if args.reps is not None:
+        overrides["reps"] = int(_positive(p, "--reps", args.reps))
+    if args.runtime is not None:
+        overrides["runtime"] = _positive(p, "--runtime", args.runtime)
+    if args.device_size is not None:
+        overrides["device_size"] = int(_positive(p, "--device-size", args.device_size)) * MIB
+    if args.memory_written is not None:
+        overrides["memory_written"] = max(0, args.memory_written) * MIB
+    return args, Settings(**{**asdict(settings), **overrides})
+
+
+def _positive(parser: argparse.ArgumentParser, name: str, value: float) -> float:
+    """`value`, or a usage error if it is not positive."""
+    if value <= 0:
+        parser.error(f"{name} must be positive")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure, print the table, write the JSON file if asked."""
+    args, settings = parse_args(argv)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        print(render_markdown(saved) if args.markdown else render(saved))
+        return 0
+    started = dt.datetime.now(dt.UTC)
+    clock = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="nbdfork-bench-") as tmp:
+        workdir = Path(tmp)
+        results = measure(settings, workdir)
+        memory = measure_memory(settings, workdir) if settings.memory_written else None
+    doc = report(settings, results, memory, started, time.monotonic() - clock)
+    print(render_markdown(doc) if args.markdown else render(doc))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"\nbench: results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
