@@ -143,7 +143,6 @@ class Settings:
 
     reps: int = 5
     runtime: float = 3.0  # seconds per fio run
-    ramp: float = 0.5  # fio ramp_time, not counted
     device_size: int = 512 * MIB
     memory_device: int = 64 << 30
     memory_written: int = 200 * MIB
@@ -159,7 +158,7 @@ class Settings:
         return _clamp(int(self.runtime * 256 * MIB), 8 * MIB, self.device_size)
 
 
-QUICK = Settings(reps=2, runtime=0.5, ramp=0.0, device_size=256 * MIB)
+QUICK = Settings(reps=2, runtime=0.5, device_size=256 * MIB)
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -173,6 +172,8 @@ class Sample:
 
     iops: float
     mb_s: float
+    ops: int  # requests completed
+    cpu_us: float = 0.0  # nbdkit's CPU time (all threads, user + system) per request
 
 
 @dataclass(slots=True)
@@ -190,6 +191,11 @@ class Series:
     def mb_s(self) -> float:
         """Median MB/s (10^6 bytes per second)."""
         return statistics.median(s.mb_s for s in self.runs)
+
+    @property
+    def cpu_us(self) -> float:
+        """Median CPU microseconds nbdkit spent per request."""
+        return statistics.median(s.cpu_us for s in self.runs)
 
 
 # --- servers -------------------------------------------------------------------------------
@@ -218,6 +224,12 @@ class Server:
     def uri(self) -> str:
         """The NBD URI of the socket."""
         return f"nbd+unix:///?socket={self.socket}"
+
+    def cpu_seconds(self) -> float:
+        """CPU time nbdkit has used so far, user + system, all threads (dead ones included)."""
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; field 3 is [0]
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss(self) -> int:
         """nbdkit's resident set size in bytes (VmRSS)."""
@@ -267,14 +279,12 @@ def run_fio(uri: str, w: Workload, settings: Settings, out: Path, *, timed: bool
     argv = [_tool("fio"), "--name=bench", "--ioengine=nbd", f"--uri={uri}", f"--rw={w.rw}",
             f"--bs={w.bs}", f"--iodepth={w.qd}", "--output-format=json",
             f"--output={out}"]  # fmt: skip
-    if timed:
+    if timed:  # no ramp_time: the servers are warm (prefilled), and CPU is read per run
         argv += ["--time_based", f"--runtime={_ms(settings.runtime)}"]
-        if settings.ramp:
-            argv.append(f"--ramp_time={_ms(settings.ramp)}")
     _run(argv)
     job = json.loads(out.read_text())["jobs"][0]
     side = job["read" if "read" in w.rw else "write"]
-    return Sample(float(side["iops"]), float(side["bw_bytes"]) / 1e6)
+    return Sample(float(side["iops"]), float(side["bw_bytes"]) / 1e6, int(side["total_ios"]))
 
 
 def run_nbdcopy(uri: str, w: Workload, source: Path) -> Sample:
@@ -285,7 +295,7 @@ def run_nbdcopy(uri: str, w: Workload, source: Path) -> Sample:
     _run(argv)
     elapsed = time.monotonic() - start
     size = source.stat().st_size
-    return Sample(size / w.bs / elapsed, size / elapsed / 1e6)
+    return Sample(size / w.bs / elapsed, size / elapsed / 1e6, size // w.bs)
 
 
 def _ms(seconds: float) -> str:
@@ -337,11 +347,13 @@ def measure(settings: Settings, workdir: Path, *, log: bool = True) -> dict[str,
             order = TARGETS[rep % len(TARGETS) :] + TARGETS[: rep % len(TARGETS)]
             for w in WORKLOADS:
                 for target in order:
-                    uri = servers[target.name].uri
+                    server = servers[target.name]
+                    cpu = server.cpu_seconds()
                     if w.tool == "fio":
-                        sample = run_fio(uri, w, settings, fio_out)
+                        sample = run_fio(server.uri, w, settings, fio_out)
                     else:
-                        sample = run_nbdcopy(uri, w, sources[w.name])
+                        sample = run_nbdcopy(server.uri, w, sources[w.name])
+                    sample.cpu_us = (server.cpu_seconds() - cpu) / max(sample.ops, 1) * 1e6
                     results[target.name][w.name].runs.append(sample)
             if log:
                 print(f"bench: repetition {rep + 1}/{settings.reps} done", file=sys.stderr)
@@ -419,9 +431,14 @@ def report(
 
 
 def _medians(series: Series) -> dict[str, object]:
-    """One JSON cell: medians and every run's IOPS."""
-    runs = [round(r.iops, 1) for r in series.runs]
-    return {"iops": round(series.iops, 1), "mb_s": round(series.mb_s, 2), "runs_iops": runs}
+    """One JSON cell: medians, and every run's IOPS and CPU per request."""
+    return {
+        "iops": round(series.iops, 1),
+        "mb_s": round(series.mb_s, 2),
+        "cpu_us_per_op": round(series.cpu_us, 2),
+        "runs_iops": [round(r.iops, 1) for r in series.runs],
+        "runs_cpu_us_per_op": [round(r.cpu_us, 2) for r in series.runs],
+    }
 
 
 def _host() -> dict[str, object]:
@@ -450,6 +467,10 @@ def render(doc: dict[str, object]) -> str:
         cells = [f"{results[n][w.name]['iops']:>9,.0f} ({results[n][w.name]['mb_s']:>6,.0f})"
                  for n in names]  # fmt: skip
         lines.append(f"{w.describe():34}" + "".join(f"{c:>20}" for c in cells))
+    lines += ["", f"{'nbdkit CPU us per request (median)':34}" + "".join(f"{n:>20}" for n in names)]
+    for w in WORKLOADS:
+        cells = [f"{results[n][w.name].get('cpu_us_per_op', 0):>9.1f}" for n in names]
+        lines.append(f"{w.describe():34}" + "".join(f"{c:>20}" for c in cells))
     lines.append("")
     goals: dict[str, dict[str, object]] = doc["goals"]  # type: ignore[assignment]
     for name, value in doc["ratios"].items():  # type: ignore[attr-defined]
@@ -477,6 +498,11 @@ def render_markdown(doc: dict[str, object]) -> str:
     for w in WORKLOADS:
         cells = [f"{results[n][w.name]['iops']:,.0f} ({results[n][w.name]['mb_s']:,.0f})"
                  for n in names]  # fmt: skip
+        lines.append(f"| {w.describe()} | " + " | ".join(cells) + " |")
+    lines += ["", "| nbdkit CPU µs per request (median) | " + " | ".join(f"`{n}`" for n in names)
+              + " |", "|---|" + "---:|" * len(names)]  # fmt: skip
+    for w in WORKLOADS:
+        cells = [f"{results[n][w.name].get('cpu_us_per_op', 0):.1f}" for n in names]
         lines.append(f"| {w.describe()} | " + " | ".join(cells) + " |")
     lines += ["", "| ratio of medians | value | goal |", "|---|---:|---|"]
     goals: dict[str, dict[str, object]] = doc["goals"]  # type: ignore[assignment]

@@ -7,7 +7,7 @@ from nbdfork.device.clock import FakeClock
 from nbdfork.device.crash import choose_state, state_bytes
 from nbdfork.device.device import Device
 from nbdfork.device.service import NullSink
-from nbdfork.oracle.crashcheck import CrashChecker
+from nbdfork.oracle.crashcheck import CrashChecker, StateVerdict
 from nbdfork.oracle.image import scan_image
 from nbdfork.oracle.ledger import validate_ledger
 from nbdfork.oracle.stamp import PAGE_SIZE, encode_page
@@ -28,6 +28,16 @@ def _workload(device: Device) -> dict[tuple[int, int], int]:
     return {(1, page): 1 for page in range(8)}
 
 
+def _verdicts(device: Device, count: int) -> list[StateVerdict]:
+    """Run the workload, then check `count` crash states of the result."""
+    durable = _workload(device)
+    assert device.cache is not None
+    checker = CrashChecker(device.cache)
+    pending = device.cache.pending.values()
+    return [checker.check(choose_state(pending, seed=1, point=0, index=i), durable)
+            for i in range(count)]  # fmt: skip
+
+
 def test_ledger_reports_a_missing_or_older_generation() -> None:
     """validate_ledger flags keys whose newest copy is older than durable, or absent."""
     lost = validate_ledger({(1, 0): 3, (1, 1): 2, (1, 2): 1}, {(1, 0): 2, (1, 1): 5})
@@ -37,30 +47,14 @@ def test_ledger_reports_a_missing_or_older_generation() -> None:
 
 def test_correct_device_loses_nothing_and_tears_are_explained() -> None:
     """With a correct cache no state loses a flushed generation; tears come from the state."""
-    device = _device()
-    durable = _workload(device)
-    assert device.cache is not None
-    checker = CrashChecker(device.cache)
-    verdicts = [
-        checker.check(choose_state(device.cache.pending.values(), seed=1, point=0, index=i),
-                      durable)
-        for i in range(100)
-    ]  # fmt: skip
+    verdicts = _verdicts(_device(), 100)
     assert all(v.ok for v in verdicts)
     assert sum(v.torn_explained for v in verdicts) > 0
 
 
 def test_ignore_flush_control_loses_writes() -> None:
     """The known-bad control (flush ignored) gives lost writes in some crash states."""
-    device = _device(("ignore-flush", "on"))
-    durable = _workload(device)
-    assert device.cache is not None
-    checker = CrashChecker(device.cache)
-    verdicts = [
-        checker.check(choose_state(device.cache.pending.values(), seed=1, point=0, index=i),
-                      durable)
-        for i in range(50)
-    ]  # fmt: skip
+    verdicts = _verdicts(_device(("ignore-flush", "on")), 50)
     assert sum(len(v.lost) for v in verdicts) > 0
 
 
