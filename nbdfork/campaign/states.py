@@ -98,11 +98,6 @@ def durable_pages(checkpoint: Checkpoint) -> dict[PageKey, int]:
     }
 
 
-def marker_points(trace: Path, marker_offset: int) -> list[int]:
-    """Trace record indices of the checkpoint markers, in order."""
-    return [i for i, rec in enumerate(read_trace(trace)) if _is_marker(rec, marker_offset)]
-
-
 def _is_marker(rec: Record, marker_offset: int) -> bool:
     # Exactly the workload's 4 KiB reads of its slots: partition scans and blkid probes read
     # the device's last sectors, which lie beyond the slots.
@@ -117,6 +112,11 @@ def candidate_points(trace: Path, marker_offset: int, kind: str) -> list[tuple[i
     """(record index, checkpoint in force) of every place a crash of `kind` may be cut:
     right after a checkpoint marker, a FLUSH, a FUA write, or any write/flush. The checkpoint
     in force is the last marker at or before the record (-1: nothing durable promised yet)."""
+    return _scan(trace, marker_offset, kind)[0]
+
+
+def _scan(trace: Path, marker_offset: int, kind: str) -> tuple[list[tuple[int, int]], int]:
+    """One pass over the trace: the candidate points and the number of checkpoint markers."""
     points: list[tuple[int, int]] = []
     checkpoint = -1
     for index, rec in enumerate(read_trace(trace)):
@@ -124,7 +124,7 @@ def candidate_points(trace: Path, marker_offset: int, kind: str) -> list[tuple[i
         checkpoint += marker
         if _is_point(rec, kind, marker=marker):
             points.append((index, checkpoint))
-    return points
+    return points, checkpoint + 1
 
 
 def _is_point(rec: Record, kind: str, *, marker: bool) -> bool:
@@ -151,13 +151,13 @@ def run_campaign(
     fs_check: FsChecker | None = None,
 ) -> Iterator[StateResult]:  # fmt: skip
     """Yield one StateResult per crash state, point by point along the trace."""
-    markers = marker_points(trace, ledger.marker_offset)
-    if len(markers) != len(ledger.checkpoints):
+    candidates, markers = _scan(trace, ledger.marker_offset, plan.points)
+    if markers != len(ledger.checkpoints):
         raise OracleError(
-            f"{trace}: {len(markers)} checkpoint markers in the trace but "
+            f"{trace}: {markers} checkpoint markers in the trace but "
             f"{len(ledger.checkpoints)} checkpoints in the ledger"
         )
-    points = pick_points(candidate_points(trace, ledger.marker_offset, plan.points), plan)
+    points = pick_points(candidates, plan)
     if not points:
         return
     cache = CacheModel(Store(plan.device_size), ignore_flush=plan.ignore_flush)
