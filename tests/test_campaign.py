@@ -62,14 +62,15 @@ def test_points_are_seeded_and_spread() -> None:
 
 
 def test_candidate_points_carry_the_checkpoint_in_force(tmp_path: Path) -> None:
-    """Flush points map to the last checkpoint marked before them (-1 before the first)."""
+    """Flush points map to the last checkpoint marked before them; none before the first."""
     _traced_session(tmp_path / "t.trace")
     flushes = candidate_points(tmp_path / "t.trace", MARKER, "flush")
     markers = candidate_points(tmp_path / "t.trace", MARKER, "checkpoint")
-    assert len(flushes) == len(markers) == 40
-    assert [c for _, c in flushes] == list(range(-1, 39))  # each flush precedes its marker
+    assert len(markers) == 40 and len(flushes) == 39  # the first flush precedes any promise
+    assert [c for _, c in flushes] == list(range(39))  # each flush precedes its marker
     assert [c for _, c in markers] == list(range(40))
-    assert len(candidate_points(tmp_path / "t.trace", MARKER, "any")) == 40 * 3 + 1
+    assert len(candidate_points(tmp_path / "t.trace", MARKER, "any")) == 39 * 3 + 1
+    assert all(c >= 0 for _, c in candidate_points(tmp_path / "t.trace", MARKER, "any"))
 
 
 @pytest.mark.parametrize("kind", ["flush", "any"])

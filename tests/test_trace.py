@@ -41,9 +41,10 @@ def test_trace_records_every_request_in_reply_order(tmp_path: Path) -> None:
     """Writes, FUA, flush (with the writes it covers) and trim are recorded in order."""
     _record_session(tmp_path / "t.trace")
     records = list(read_trace(tmp_path / "t.trace"))
-    ops = [Op.WRITE, Op.WRITE, Op.FLUSH, Op.TRIM, Op.WRITE, Op.READ]
-    assert [r.op for r in records] == ops
-    assert [r.fua for r in records] == [False, True, False, False, False, False]
+    ops = [Op.WRITE, Op.WRITE, Op.FLUSH, Op.TRIM, Op.WRITE, Op.READ, Op.CLOSE]
+    assert [r.op for r in records] == ops  # CLOSE of connection 0: the device stopped
+    assert [r.fua for r in records] == [False, True, False, False, False, False, False]
+    assert records[-1].connection == 0 and records[-1].tick > records[4].tick
     assert records[2].seq == 2  # the flush covers the two writes replied before it
     assert records[4].connection == 2 and records[4].data == b"\x33" * 512
     assert records[0].reply - records[0].arrival == pytest.approx(0.001)
@@ -53,7 +54,7 @@ def test_replay_rebuilds_the_device_contents(tmp_path: Path) -> None:
     """Replaying the whole trace gives what the device held; replaying 1 record, the first."""
     _record_session(tmp_path / "t.trace")
     image = Store(SIZE)
-    assert replay(tmp_path / "t.trace", image) == 6
+    assert replay(tmp_path / "t.trace", image) == 7
     assert image.read(0, 1024) == b"\x11" * 512 + b"\x33" * 512
     assert image.read(8192, 1024) == b"\x22" * 1024
     partial = Store(SIZE)
@@ -66,7 +67,7 @@ def test_replay_through_cache_applies_the_durability_rule(tmp_path: Path) -> Non
     _record_session(tmp_path / "t.trace")
     cache = CacheModel(Store(SIZE))
     records = list(replay_cache(tmp_path / "t.trace", cache))
-    assert len(records) == 6
+    assert len(records) == 7
     assert [(e.offset, len(e.data)) for e in cache.pending.values()] == [(512, 512)]
     assert cache.media.read(0, 512) == b"\x11" * 512
 
@@ -98,7 +99,7 @@ def test_golden_trace_and_log(tmp_path: Path) -> None:
     assert (tmp_path / "t.trace").read_bytes() == (GOLDEN / "session.trace").read_bytes()
     assert _sha(tmp_path / "t.log") == (GOLDEN / "session.log.sha256").read_text().strip()
     records = list(read_trace(GOLDEN / "session.trace"))
-    assert [r.request_id for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r.request_id for r in records] == [1, 2, 3, 4, 5, 6, 0]
 
 
 def _sha(path: Path) -> str:
@@ -109,7 +110,7 @@ def test_cut_trace_is_a_clear_error(tmp_path: Path) -> None:
     """A truncated trace names the record that is cut short; a non-trace names the magic."""
     _record_session(tmp_path / "t.trace")
     data = (tmp_path / "t.trace").read_bytes()
-    (tmp_path / "cut.trace").write_bytes(data[:-100])
+    (tmp_path / "cut.trace").write_bytes(data[: -2 * 64 - 100])  # into record 4's data
     with pytest.raises(OracleError, match=r"record 4 data is cut short"):
         list(read_trace(tmp_path / "cut.trace"))
     (tmp_path / "bad.trace").write_bytes(b"hello")

@@ -111,7 +111,9 @@ POINT_KINDS = ("checkpoint", "flush", "fua", "any")
 def candidate_points(trace: Path, marker_offset: int, kind: str) -> list[tuple[int, int]]:
     """(record index, checkpoint in force) of every place a crash of `kind` may be cut:
     right after a checkpoint marker, a FLUSH, a FUA write, or any write/flush. The checkpoint
-    in force is the last marker at or before the record (-1: nothing durable promised yet)."""
+    in force is the last marker at or before the record. Nothing before the first marker is
+    a candidate: the workload marks its first checkpoint after mkfs, mount and its first
+    fsync, and a power cut in the middle of mkfs is no filesystem's broken promise."""
     return _scan(trace, marker_offset, kind)[0]
 
 
@@ -122,7 +124,7 @@ def _scan(trace: Path, marker_offset: int, kind: str) -> tuple[list[tuple[int, i
     for index, rec in enumerate(read_trace(trace)):
         marker = _is_marker(rec, marker_offset)
         checkpoint += marker
-        if _is_point(rec, kind, marker=marker):
+        if checkpoint >= 0 and _is_point(rec, kind, marker=marker):
             points.append((index, checkpoint))
     return points, checkpoint + 1
 

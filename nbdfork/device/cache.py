@@ -22,6 +22,7 @@ from nbdfork.device.store import Store
 __all__ = ["SECTOR", "CacheModel", "PendingWrite"]
 
 SECTOR = 512
+_Data = bytes | bytearray | memoryview
 _PURPOSE_EVICT = 401
 
 
@@ -53,7 +54,12 @@ def _runs(offset: int, data: bytes, mask: npt.NDArray[np.bool_]) -> Iterator[tup
 
 
 class CacheModel:
-    """Media plus pending writes; fed in reply order, it knows what a power cut may keep."""
+    """Media plus pending writes; fed in reply order, it knows what a power cut may keep.
+
+    Every sector that pending writes hold has one owner, the newest write that covers it, so a
+    write supersedes older data in O(its sectors) and a read of the cache's view is exact. Per
+    write cost depends on the write's size only, never on how many writes are pending.
+    """
 
     def __init__(
         self,
@@ -64,75 +70,136 @@ class CacheModel:
         ignore_flush: bool = False,
     ) -> None:
         self.media = media
-        self.pending: dict[int, PendingWrite] = {}
+        self.pending: dict[int, PendingWrite] = {}  # by reply sequence number, in reply order
         self.replied = 0  # writes replied so far: a FLUSH covers those replied before it arrived
         self.ignore_flush = ignore_flush
         self._rng = rng
         self._capacity = capacity
         self._bytes = 0  # data held by pending writes (superseded sectors included)
+        self._live_sectors = 0
+        self._owner: dict[int, int] = {}  # device sector -> seq of the pending write holding it
+        self._live_count: dict[int, int] = {}  # seq -> live sectors
+        self._order: list[int] = []  # pending seqs, for a seeded O(1) pick (swap-remove)
+        self._slot: dict[int, int] = {}  # seq -> index in _order
 
-    def write(self, request_id: int, offset: int, data: bytes | memoryview, *, fua: bool) -> int:
-        """A write was acknowledged; returns its reply sequence number."""
-        if offset % SECTOR or len(data) % SECTOR:
-            raise ValueError(f"write {request_id}: {offset}+{len(data)} is not sector aligned")
-        self._supersede(offset, offset + len(data))
+    def write(self, request_id: int, offset: int, data: _Data, *, fua: bool) -> int:
+        """A write was acknowledged; returns its reply sequence number.
+
+        Any byte range is accepted: partial sectors at either end are completed with what the
+        device holds there (the newest pending data, else the media), so the cache holds whole
+        sectors and destaging a sector never moves bytes the write did not change.
+        """
+        offset, data = self._whole_sectors(offset, data)
+        first, count = offset // SECTOR, len(data) // SECTOR
+        self._supersede(first, first + count)
         seq = self.replied
         self.replied += 1
         if fua and not self.ignore_flush:
             self.media.write(offset, data)
-        else:
-            live = np.ones(len(data) // SECTOR, dtype=np.bool_)
-            self.pending[seq] = PendingWrite(seq, request_id, offset, bytes(data), live)
-            self._bytes += len(data)
-            self._evict(seq)
+            return seq
+        entry = PendingWrite(seq, request_id, offset, bytes(data), np.ones(count, dtype=np.bool_))
+        self.pending[seq] = entry
+        self._bytes += len(data)
+        self._live_sectors += count
+        self._live_count[seq] = count
+        owner = self._owner
+        for sector in range(first, first + count):
+            owner[sector] = seq
+        self._slot[seq] = len(self._order)
+        self._order.append(seq)
+        self._evict(seq)
         return seq
+
+    def _whole_sectors(self, offset: int, data: _Data) -> tuple[int, _Data]:
+        """(offset, data) widened to whole sectors with the bytes the device holds around it."""
+        head, end = offset % SECTOR, offset + len(data)
+        tail = -end % SECTOR
+        if not head and not tail:
+            return offset, data
+        start = offset - head
+        buf = bytearray(self.read(start, end + tail - start))
+        buf[head : head + len(data)] = data
+        return start, buf
+
+    def read(self, offset: int, length: int) -> bytes:
+        """What the device holds (pending data over the media) for whole sectors."""
+        buf = bytearray(self.media.read(offset, length))
+        for sector in range(offset // SECTOR, (offset + length) // SECTOR):
+            seq = self._owner.get(sector)
+            if seq is not None:
+                entry = self.pending[seq]
+                at, src = sector * SECTOR - offset, sector * SECTOR - entry.offset
+                buf[at : at + SECTOR] = entry.data[src : src + SECTOR]
+        return bytes(buf)
 
     def _evict(self, seq: int) -> None:
         """Over capacity: destage seeded random pending writes, as a disk frees its cache."""
         if self._capacity is None or self._rng is None:
             return
         draw = 0
-        while self._bytes > self._capacity and self.pending:
-            seqs = sorted(self.pending)
-            pick = seqs[int(self._rng.uniform(_PURPOSE_EVICT, seq, draw) * len(seqs))]
+        while self._bytes > self._capacity and self._order:
+            pick = self._order[int(self._rng.uniform(_PURPOSE_EVICT, seq, draw) * len(self._order))]
             self.destage(pick)
             draw += 1
 
     def discard(self, offset: int, length: int) -> None:
         """A trim/zero was acknowledged: modelled as a durable write of zeroes."""
-        start, end = offset // SECTOR * SECTOR, -(-(offset + length) // SECTOR) * SECTOR
+        start, end = offset // SECTOR, -(-(offset + length) // SECTOR)
         self._supersede(start, end)
         self.media.discard(offset, length)
 
     def _supersede(self, start: int, end: int) -> None:
-        for entry in list(self.pending.values()):
-            lo, hi = max(start, entry.offset), min(end, entry.end)
-            if lo < hi:
-                first, last = (lo - entry.offset) // SECTOR, -(-(hi - entry.offset) // SECTOR)
-                entry.live[first:last] = False
-                if not entry.live.any():
-                    del self.pending[entry.seq]
-                    self._bytes -= len(entry.data)
+        """Sectors [start, end) get newer data: older pending writes lose them."""
+        owner = self._owner
+        for sector in range(start, end):
+            seq = owner.pop(sector, None)
+            if seq is None:
+                continue
+            entry = self.pending[seq]
+            entry.live[sector - entry.offset // SECTOR] = False
+            self._live_sectors -= 1
+            self._live_count[seq] -= 1
+            if not self._live_count[seq]:
+                self._drop(seq)
+
+    def _drop(self, seq: int) -> PendingWrite:
+        """Forget pending write `seq` (its live sectors are no longer owned by it)."""
+        entry = self.pending.pop(seq)
+        self._bytes -= len(entry.data)
+        del self._live_count[seq]
+        slot, last = self._slot.pop(seq), self._order.pop()
+        if last != seq:
+            self._order[slot] = last
+            self._slot[last] = slot
+        return entry
 
     def flush(self, covered: int) -> list[int]:
         """A FLUSH that arrived after `covered` replies completed: destage those writes."""
         if self.ignore_flush:
             return []
-        done = [seq for seq in self.pending if seq < covered]
+        done: list[int] = []
+        for seq in self.pending:  # reply order: stop at the first write the FLUSH does not cover
+            if seq >= covered:
+                break
+            done.append(seq)
         for seq in done:
             self.destage(seq)
         return done
 
     def destage(self, seq: int) -> None:
         """Move one pending write's live sectors to the media."""
-        entry = self.pending.pop(seq)
-        self._bytes -= len(entry.data)
+        entry = self.pending[seq]
+        first = entry.offset // SECTOR
         for offset, chunk in entry.live_runs():
             self.media.write(offset, chunk)
+        for index in np.flatnonzero(entry.live).tolist():
+            del self._owner[first + index]
+        self._live_sectors -= self._live_count[seq]
+        self._drop(seq)
 
     def pending_bytes(self) -> int:
-        """Bytes held in the cache."""
-        return sum(int(e.live.sum()) * SECTOR for e in self.pending.values())
+        """Bytes held in the cache (live sectors); safe to read from any thread."""
+        return self._live_sectors * SECTOR
 
     def close(self) -> None:
         """Release the media mapping."""

@@ -26,16 +26,16 @@ from nbdfork.device.trace import Op as TraceOp
 from nbdfork.errors import DeviceError
 from nbdfork.oracle.verify import EventSink, Oracle, WriteRequest
 
-__all__ = ["Device", "DeviceStats"]
+__all__ = ["Device", "DeviceStats", "PendingWrite"]
 
 _LATENCY_OP: dict[str, Op] = {
     "read": "read", "write": "write", "flush": "flush", "trim": "trim", "zero": "trim"
 }
 
 
-@dataclass(frozen=True, slots=True)
-class _Write:
-    """A WRITE between arrival and reply."""
+@dataclass(slots=True)
+class PendingWrite:
+    """A WRITE between arrival and landing (or failure)."""
 
     request_id: int
     connection: int
@@ -43,6 +43,7 @@ class _Write:
     data: memoryview | bytes
     fua: bool
     arrival: float
+    arrival_tick: int = 0
 
 
 @dataclass(slots=True)
@@ -75,8 +76,8 @@ class Device:
         self.store = Store(config.size, None if config.cache else config.file)
         self.cache = self._make_cache(config)
         self.latency = LatencyModel(config, self.rng)
-        self.oracle = Oracle(sink) if config.oracle else None
-        self.trace = TraceWriter(config.trace) if config.trace else None
+        self.oracle = Oracle(sink, self.store) if config.oracle else None
+        self.trace = TraceWriter(config.trace, config.size) if config.trace else None
         self.reorder = self._make_reorder(config)
         self.faults = FaultInjector(config.faults, self.rng) if config.faults.ops else None
         self.stats = DeviceStats()
@@ -135,51 +136,74 @@ class Device:
             self.stats.bytes_read += len(buf)
 
     def pwrite(self, connection: int, data: memoryview | bytes, offset: int, *, fua: bool) -> None:
-        """Check `data` with the oracle, wait the write latency, store it; durable if `fua`."""
-        w = _Write(next(self._ids), connection, offset, data, fua, self.elapsed())
-        if self.oracle is not None:
-            request = WriteRequest(w.request_id, connection, offset, len(data), fua, w.arrival)
-            self.oracle.write_arrived(request, data)
-        ok = False
+        """Check `data` with the oracle, wait the write latency, land it; durable if `fua`."""
+        w = self.write_arrive(connection, data, offset, fua=fua)
         try:
             self._begin("write", w.request_id, offset, len(data))
-            self.store.write(offset, data)
-            if fua and self.cache is None:
-                self.store.sync(offset, len(data))
             if self.reorder is not None:
                 self.reorder.wait(w.request_id)
-            ok = True
-        finally:
-            self._reply_write(w, ok=ok)
+        except BaseException:
+            self.write_fail(w)
+            raise
+        self.write_land(w)
 
-    def _reply_write(self, w: _Write, *, ok: bool) -> None:
-        if not ok and self.reorder is not None:
-            self.reorder.release(w.request_id)
-        reply = self.elapsed()
-        if self.cache is not None or self.trace is not None:
-            self._record_write(w, reply, ok=ok)
+    def write_arrive(
+        self, connection: int, data: memoryview | bytes, offset: int, *, fua: bool
+    ) -> PendingWrite:
+        """A WRITE arrived: the oracle judges its payload and it joins the in-flight set."""
+        self.store.check(offset, len(data))
+        w = PendingWrite(next(self._ids), connection, offset, data, fua, self.elapsed())
+        if self.oracle is not None:
+            request = WriteRequest(w.request_id, connection, offset, len(data), fua, w.arrival)
+            w.arrival_tick = self.oracle.write_arrived(request, data)
         with self._lock:
             self.stats.writes += 1
-            if ok:
-                self.stats.bytes_written += len(w.data)
-                self.stats.fua_writes += w.fua
-            else:
-                self.stats.write_errors += 1
-        if self.oracle is not None:
-            self.oracle.write_replied(w.request_id, ok=ok, time=reply)
+        return w
 
-    def _record_write(self, w: _Write, reply: float, *, ok: bool) -> None:
-        flags = (FLAG_FUA if w.fua else 0) | (0 if ok else FLAG_FAILED)
+    def write_land(self, w: PendingWrite) -> None:
+        """The WRITE reaches the media: store, cache, trace and oracle in one order."""
         with self._reply_lock:
+            reply = self.elapsed()
+            self.store.write(w.offset, w.data)
+            if self.cache is not None:
+                self.cache.write(w.request_id, w.offset, w.data, fua=w.fua)
+            elif w.fua:
+                self.store.sync(w.offset, len(w.data))
             seq = self._write_seq
-            if ok:
-                self._write_seq += 1
-                if self.cache is not None:
-                    self.cache.write(w.request_id, w.offset, w.data, fua=w.fua)
+            self._write_seq += 1
+            tick = self._oracle_reply(w, ok=True, time=reply)
             if self.trace is not None:
-                rec = Record(TraceOp.WRITE, flags, w.connection, w.offset, len(w.data),
-                             w.request_id, seq, w.arrival, reply)  # fmt: skip
-                self.trace.record(rec, w.data if ok else b"")
+                flags = FLAG_FUA if w.fua else 0
+                self._record(w, flags, seq, reply, tick)
+        with self._lock:
+            self.stats.bytes_written += len(w.data)
+            self.stats.fua_writes += w.fua
+
+    def write_fail(self, w: PendingWrite) -> None:
+        """The WRITE failed: nothing of it reaches the media; it leaves the in-flight set."""
+        if self.reorder is not None:
+            self.reorder.release(w.request_id)
+        with self._reply_lock:
+            reply = self.elapsed()
+            tick = self._oracle_reply(w, ok=False, time=reply)
+            if self.trace is not None:
+                flags = (FLAG_FUA if w.fua else 0) | FLAG_FAILED
+                self._record(w, flags, self._write_seq, reply, tick)
+        with self._lock:
+            self.stats.write_errors += 1
+
+    def _oracle_reply(self, w: PendingWrite, *, ok: bool, time: float) -> int:
+        """Tell the oracle the write landed or failed (reply lock held); its tick, or 0."""
+        if self.oracle is None:
+            return 0
+        return self.oracle.write_replied(w.request_id, ok=ok, time=time)
+
+    def _record(self, w: PendingWrite, flags: int, seq: int, reply: float, tick: int) -> None:
+        """Trace one WRITE with its data (reply lock held)."""
+        assert self.trace is not None
+        rec = Record(TraceOp.WRITE, flags, w.connection, w.offset, len(w.data), w.request_id,
+                     seq, w.arrival, reply, b"", w.arrival_tick, tick)  # fmt: skip
+        self.trace.record(rec, w.data)
 
     def flush(self, connection: int = 0) -> None:
         """Make every write replied to before this FLUSH arrived durable."""
@@ -227,9 +251,10 @@ class Device:
                     self.cache.discard(offset, length)
                 elif fua:
                     self.store.sync(offset, length)
+                tick = self.oracle.discarded(offset, length) if self.oracle else 0
                 flags = FLAG_FUA if fua else 0
                 self._trace(Record(op, flags, connection, offset, length, request_id, 0,
-                                   arrival, 0.0))  # fmt: skip
+                                   arrival, 0.0, b"", 0, tick))  # fmt: skip
         finally:
             if self.reorder is not None:
                 self.reorder.release(request_id)
@@ -245,8 +270,20 @@ class Device:
             return {"torn_write": 0, "stale_write": 0, "overlapping_write": 0}
         return self.oracle.counts()
 
+    def close_connection(self, connection: int) -> None:
+        """A client disconnected: the oracle judges the pages it left in pieces."""
+        with self._reply_lock:
+            now = self.elapsed()
+            tick = self.oracle.connection_closed(connection, time=now) if self.oracle else 0
+            self._trace(Record(TraceOp.CLOSE, 0, connection, 0, 0, 0, 0, now, 0.0, b"", 0, tick))
+
     def close(self) -> None:
         """Clean shutdown: a disk empties its cache on power-down; close trace and store."""
+        if self.oracle is not None:
+            with self._reply_lock:  # connection 0 in the trace: the device stopped
+                now = self.elapsed()
+                tick = self.oracle.finish(time=now)
+                self._trace(Record(TraceOp.CLOSE, 0, 0, 0, 0, 0, 0, now, 0.0, b"", 0, tick))
         if self.cache is not None:
             with self._reply_lock:
                 if not self.config.ignore_flush:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import numpy.typing as npt
+
 __all__ = ["DeviceRng", "splitmix64"]
 
 _MASK = (1 << 64) - 1
@@ -40,3 +43,14 @@ class DeviceRng:
         u1 = 1.0 - self.uniform(purpose, key, 0)  # (0, 1]: log is finite
         u2 = self.uniform(purpose, key, 1)
         return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+    def uniforms(self, purpose: int, key: int, count: int) -> npt.NDArray[np.float64]:
+        """uniform(purpose, key, i) for i in range(count), as one vectorized array."""
+        prefix = self._base ^ splitmix64((purpose << 48) ^ (key & _MASK))
+        x = np.uint64(prefix) ^ np.arange(count, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            z = x + np.uint64(_GOLDEN)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z ^= z >> np.uint64(31)
+        return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))

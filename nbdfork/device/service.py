@@ -4,22 +4,23 @@ summary.json is rewritten (atomically) whenever a client disconnects and when th
 stops, and events.jsonl is written through per event. A background thread also rewrites the
 summary within a second of any change: nbdkit (1.32) answers SIGTERM with a graceful shutdown
 that waits for clients to leave, and a client that never leaves, or a SIGKILL, must not cost
-the user what was recorded.
+the user what was recorded. Every file in the report directory is made through
+nbdfork.files.ReportDir: no link planted there is ever followed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 
 from nbdfork import __version__
 from nbdfork.config import DeviceConfig
 from nbdfork.device.clock import Clock
 from nbdfork.device.device import Device
+from nbdfork.errors import ConfigError
+from nbdfork.files import LOG_FILE, ReportDir, validate_paths
 from nbdfork.log import get_logger
 from nbdfork.oracle.events import EventLog
 
@@ -27,8 +28,6 @@ __all__ = [
     "SUMMARY_SCHEMA",
     "DeviceService",
     "NullSink",
-    "set_aside_previous",
-    "write_json_atomic",
 ]
 
 SUMMARY_SCHEMA = "nbdfork.summary/1"
@@ -52,11 +51,19 @@ class DeviceService:
         self.config = config
         self._log = get_logger("nbdfork.device")
         self._events: EventLog | NullSink = NullSink()
+        self._dir: ReportDir | None = None
+        validate_paths(config)  # every path problem before anything is created or moved
         if config.report is not None:
-            config.report.mkdir(parents=True, exist_ok=True)
-            set_aside_previous(config.report)
-            self._events = EventLog(config.report / "events.jsonl")
-        self.device = Device(config, self._events, clock)
+            self._dir = ReportDir.open(config.report)
+            self._dir.set_aside()
+            fd = self._dir.create("events.jsonl")
+            self._events = EventLog(config.report / "events.jsonl", fd=fd)
+        try:
+            self.device = Device(config, self._events, clock)
+        except OSError as exc:  # the store's open, ftruncate or mmap
+            self._events.close()
+            key = "file" if config.file else "size"
+            raise ConfigError(key, f"cannot set up the device's media: {exc.strerror}") from None
         self.started_at = dt.datetime.now(dt.UTC)
         self._open = 0
         self._total = 0
@@ -65,6 +72,10 @@ class DeviceService:
         self._closed = False
         self._stop = threading.Event()
         self._last_written: dict[str, object] | None = None
+
+    def open_log(self) -> int | None:
+        """DIR/nbdfork.log opened for appending (the caller owns the descriptor), or None."""
+        return self._dir.append(LOG_FILE) if self._dir is not None else None
 
     def start_background(self, interval: float = 1.0) -> None:
         """Start the thread that keeps summary.json current (call after nbdkit forks)."""
@@ -93,6 +104,7 @@ class DeviceService:
 
     def close_connection(self, connection: int) -> None:
         """A client went away: write the summary now, in case the server never stops cleanly."""
+        self.device.close_connection(connection)  # judge the pages it left in pieces
         with self._lock:
             self._open -= 1
         summary = self.write_summary()
@@ -123,9 +135,10 @@ class DeviceService:
     def write_summary(self) -> dict[str, object]:
         """Write DIR/summary.json (if there is a report directory) and return the summary."""
         summary = self.summary()
-        if self.config.report is not None:
+        if self._dir is not None:
+            data = json.dumps(summary, indent=2, sort_keys=True) + "\n"
             with self._write_lock:
-                write_json_atomic(self.config.report / "summary.json", summary)
+                self._dir.replace("summary.json", data.encode())
                 self._last_written = {k: v for k, v in summary.items() if k != "duration_s"}
         return summary
 
@@ -139,32 +152,6 @@ class DeviceService:
         summary = self.write_summary()
         self._events.close()
         self.device.close()
+        if self._dir is not None:
+            self._dir.close()
         self._log.info("shutdown", writes=summary["writes"], counts=summary["counts"])
-
-
-_REPORT_FILES = ("events.jsonl", "summary.json")  # nbdfork.log appends: lines are timestamped
-
-
-def set_aside_previous(report: Path) -> Path | None:
-    """Move an earlier run's report files into report/previous/<time>/: a reused directory
-    must neither mix two runs' events nor lose the first run's."""
-    old = [report / name for name in _REPORT_FILES if (report / name).exists()]
-    if not old:
-        return None
-    stamp = dt.datetime.fromtimestamp(old[0].stat().st_mtime, dt.UTC).strftime("%Y%m%dT%H%M%S.%f")
-    target = report / "previous" / stamp
-    target.mkdir(parents=True, exist_ok=True)
-    for path in old:
-        os.replace(path, target / path.name)
-    return target
-
-
-def write_json_atomic(path: Path, data: Mapping[str, object]) -> None:
-    """Replace `path` with `data` as JSON so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as out:
-        json.dump(data, out, indent=2, sort_keys=True)
-        out.write("\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)

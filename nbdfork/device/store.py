@@ -45,7 +45,8 @@ class Store:
             os.ftruncate(self._fd, size)
         return mmap.mmap(self._fd, size, flags=mmap.MAP_SHARED)
 
-    def _check(self, offset: int, length: int) -> None:
+    def check(self, offset: int, length: int) -> None:
+        """Raise DeviceError(EINVAL) unless [offset, offset+length) lies on the device."""
         if offset < 0 or length < 0 or offset + length > self.size:
             raise DeviceError(
                 f"request {offset}+{length} is beyond the device size {self.size}", errno.EINVAL
@@ -53,26 +54,26 @@ class Store:
 
     def read_into(self, buf: memoryview | bytearray, offset: int) -> None:
         """Fill `buf` with the bytes at `offset`."""
-        self._check(offset, len(buf))
+        self.check(offset, len(buf))
         buf[:] = self._view[offset : offset + len(buf)]
 
     def read(self, offset: int, length: int) -> bytes:
         """The bytes at `offset` as a new bytes object."""
-        self._check(offset, length)
+        self.check(offset, length)
         return bytes(self._view[offset : offset + length])
 
     def view(self) -> memoryview:
         """A read-only view of the whole media (no copy): for scans."""
         return self._view.toreadonly()
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Copy `data` to `offset` (the caller's buffer is not kept)."""
-        self._check(offset, len(data))
+        self.check(offset, len(data))
         self._view[offset : offset + len(data)] = data
 
     def discard(self, offset: int, length: int) -> None:
         """Make a range read back as zeroes, giving whole pages back to the system."""
-        self._check(offset, length)
+        self.check(offset, length)
         start = -(-offset // _PAGE) * _PAGE
         end = (offset + length) // _PAGE * _PAGE
         if end <= start:

@@ -1,12 +1,18 @@
 """Request traces: record every request to a compact file; replay it; export dm-log-writes.
 
-Format (little-endian): the 16-byte header b"NBDFTRC1", u32 version (1), u32 sector size
-(512); then one record per request in reply order: a 48-byte head
-(op u8, flags u8, connection u16, length u32, offset u64, request_id u64, seq u64,
-arrival f64, reply f64) followed, for a successful WRITE, by its `length` bytes of data.
-`seq` is the write's reply sequence number; for a FLUSH it is the number of writes replied
-before the FLUSH arrived, which is exactly what the FLUSH makes durable. Each record is one
-os.writev(), so a killed server leaves whole records behind.
+Format (little-endian): the 16-byte header b"NBDFTRC1", u32 version (2), u32 sector size
+(512), then u64 the device size; then one record per request in the order requests reached
+the media (reply order): a 64-byte head (op u8, flags u8, connection u16, length u32,
+offset u64, request_id u64, seq u64, arrival f64, reply f64, arrival_tick u64, tick u64)
+followed, for every WRITE (a failed one too: the oracle judged its payload on arrival), by
+its `length` bytes of data. `seq` is the
+write's reply sequence number; for a FLUSH it is the number of writes replied before the FLUSH
+arrived, which is exactly what the FLUSH makes durable. `arrival_tick` and `tick` place the
+write's arrival and its landing in the oracle's history (0 when the oracle was off), so that
+`nbdfork verify --trace` gives the verdicts the live oracle gave. A CLOSE record marks a client
+disconnecting. Each record is one os.writev(), so a killed server leaves whole records behind.
+The file is created 0600 without following a link; an existing file is replaced only if it is
+empty or a trace (nbdfork.files.create_replacing).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import BinaryIO
 from nbdfork.device.cache import CacheModel
 from nbdfork.device.store import Store
 from nbdfork.errors import OracleError
+from nbdfork.files import create_replacing
 
 __all__ = [
     "FLAG_FAILED",
@@ -31,13 +38,16 @@ __all__ = [
     "Record",
     "TraceWriter",
     "export_log_writes",
+    "is_trace_file",
     "read_trace",
+    "trace_device_size",
     "replay",
     "replay_cache",
 ]
 
-MAGIC = b"NBDFTRC1\x01\x00\x00\x00\x00\x02\x00\x00"  # magic, version 1, sector size 512
-_HEAD = struct.Struct("<BBHIQQQdd")
+MAGIC = b"NBDFTRC1\x02\x00\x00\x00\x00\x02\x00\x00"  # magic, version 2, sector size 512
+_HEAD = struct.Struct("<BBHIQQQddQQ")
+_SIZE = struct.Struct("<Q")  # the device size, right after the 16-byte header
 FLAG_FUA = 1
 FLAG_FAILED = 2
 
@@ -50,6 +60,7 @@ class Op(enum.IntEnum):
     FLUSH = 3
     TRIM = 4
     ZERO = 5
+    CLOSE = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +77,8 @@ class Record:
     arrival: float
     reply: float
     data: bytes = b""
+    arrival_tick: int = 0
+    tick: int = 0
 
     @property
     def fua(self) -> bool:
@@ -81,10 +94,10 @@ class Record:
 class TraceWriter:
     """Appends records to a trace file; thread-safe, each record written whole."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, size: int = 0) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        os.write(self._fd, MAGIC)
+        self._fd = create_replacing("trace", path, may_replace=is_trace_file, mode=0o600)
+        os.write(self._fd, MAGIC + _SIZE.pack(size))
         self._lock = threading.Lock()
         self.records = 0
 
@@ -92,7 +105,7 @@ class TraceWriter:
         """Append `rec` (with `data` for a successful write)."""
         head = _HEAD.pack(
             rec.op, rec.flags, rec.connection, rec.length, rec.offset, rec.request_id,
-            rec.seq, rec.arrival, rec.reply,
+            rec.seq, rec.arrival, rec.reply, rec.arrival_tick, rec.tick,
         )  # fmt: skip
         with self._lock:
             os.writev(self._fd, [head, data] if len(data) else [head])
@@ -107,16 +120,51 @@ class TraceWriter:
                 self._fd = -1
 
 
+def is_trace_file(path: Path) -> bool:
+    """`path` is empty or starts as a trace: a file trace= may replace (nothing else is)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        head = os.read(fd, 8)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return head in (b"", MAGIC[:8])  # any version
+
+
 def read_trace(path: Path) -> Iterator[Record]:
     """The records of a trace file, in reply order; a bad file raises OracleError."""
+    with _open(path) as handle:
+        _header(path, handle)
+        yield from _records(path, handle)
+
+
+def trace_device_size(path: Path) -> int:
+    """The size of the device that recorded the trace at `path` (0 if it did not say)."""
+    with _open(path) as handle:
+        return _header(path, handle)
+
+
+def _open(path: Path) -> BinaryIO:
     try:
-        handle = path.open("rb")
+        return path.open("rb")
     except OSError as exc:
         raise OracleError(f"{path}: cannot read trace: {exc.strerror}") from None
-    with handle:
-        if handle.read(len(MAGIC)) != MAGIC:
-            raise OracleError(f"{path}: not an nbdfork trace (bad magic)")
-        yield from _records(path, handle)
+
+
+def _header(path: Path, handle: BinaryIO) -> int:
+    """Check the header and return the device size it names."""
+    header = handle.read(len(MAGIC) + _SIZE.size)
+    if header[:8] == MAGIC[:8] and header[: len(MAGIC)] != MAGIC:
+        version = int.from_bytes(header[8:12], "little")
+        raise OracleError(f"{path}: trace format version {version}; this nbdfork reads 2")
+    if header[: len(MAGIC)] != MAGIC or len(header) < len(MAGIC) + _SIZE.size:
+        raise OracleError(f"{path}: not an nbdfork trace (bad magic)")
+    size: int = _SIZE.unpack_from(header, len(MAGIC))[0]
+    return size
 
 
 def _records(path: Path, handle: BinaryIO) -> Iterator[Record]:
@@ -124,12 +172,14 @@ def _records(path: Path, handle: BinaryIO) -> Iterator[Record]:
     while head := handle.read(_HEAD.size):
         if len(head) < _HEAD.size:
             raise OracleError(f"{path}: record {index} is cut short")
-        op, flags, conn, length, offset, rid, seq, arrival, reply = _HEAD.unpack(head)
-        has_data = op == Op.WRITE and not flags & FLAG_FAILED
+        op, flags, conn, length, offset, rid, seq, arrival, reply, atick, tick = _HEAD.unpack(head)
+        has_data = op == Op.WRITE
         data = handle.read(length) if has_data else b""
         if len(data) < (length if has_data else 0):
             raise OracleError(f"{path}: record {index} data is cut short")
-        yield Record(Op(op), flags, conn, offset, length, rid, seq, arrival, reply, data)
+        yield Record(
+            Op(op), flags, conn, offset, length, rid, seq, arrival, reply, data, atick, tick
+        )
         index += 1
 
 
@@ -198,7 +248,7 @@ def export_log_writes(path: Path, out: Path) -> int:
 
 
 def _log_entry(rec: Record) -> bytes | None:
-    if rec.failed or rec.op == Op.READ:
+    if rec.failed or rec.op in (Op.READ, Op.CLOSE):
         return None
     if rec.op == Op.FLUSH:
         return _pad(_LOG_ENTRY.pack(0, 0, _LOG_FLUSH, 0))

@@ -44,8 +44,11 @@ __all__ = [
     "decode_pages",
     "encode_page",
     "encode_pages",
+    "find_pages",
     "find_stamps",
     "mix64",
+    "Found",
+    "Piece",
 ]
 
 PAGE_SIZE: Final = 4096
@@ -588,3 +591,97 @@ def _page_stamps(page: _Bytes, offset: int) -> Stamps:
     if ident is not None:
         return Stamps(1, (PageStamp(offset, *ident),), ())
     return Stamps(1, (), ((offset, _decode_raw(np.frombuffer(page, dtype=np.uint8))),))
+
+
+# --- pages at any 512-byte alignment -----------------------------------------------------------
+
+
+class Piece(NamedTuple):
+    """Part of a stamped page in one WRITE: the page starts at device sector `anchor`, and the
+    write covers its sectors in `mask` (bit i = sector i of the page) but not all eight."""
+
+    anchor: int
+    stream: int
+    page: int
+    mask: int
+
+
+class Found(NamedTuple):
+    """What one WRITE payload carries: whole pages (judged from the payload) and pieces."""
+
+    stamps: Stamps
+    pieces: tuple[Piece, ...]
+
+
+NOTHING: Final = Found(NO_STAMPS, ())
+_FULL_MASK: Final = (1 << SECTORS_PER_PAGE) - 1
+_SECTOR_HEAD: Final = struct.Struct("<QHHIQ")  # magic, version, sector index, stream, page
+
+
+def find_pages(buf: Buffer, offset: int) -> Found:
+    """Stamped pages of a WRITE of `buf` at device byte `offset`, at any 512-byte alignment.
+
+    Every sector names its index in its page, so a sector holding the magic at device sector
+    p with index i belongs to the page that starts at sector p - i (its *anchor*). A page whose
+    eight sectors all lie inside the write is judged from the payload; a page the write covers
+    only in part is returned as a Piece, to be judged on the media once it is whole.
+    """
+    data = buf.data if isinstance(buf, np.ndarray) else buf
+    length = len(data)
+    if not (offset | length) % PAGE_SIZE:  # page-aligned: the fast vectorized path
+        stamps = find_stamps(data, base_offset=offset) if length else NO_STAMPS
+        if not stamps.torn:  # every magic sector belongs to a VALID page in place
+            return Found(stamps, ())
+    return _find_any(memoryview(data).cast("B"), offset)
+
+
+def _magic_sectors(view: memoryview, skip: int, count: int) -> list[int]:
+    """Positions (in sectors from `skip` bytes) of the full sectors that start with the magic."""
+    if not count:
+        return []
+    raw = np.frombuffer(view, dtype=np.uint8, count=count * SECTOR_SIZE, offset=skip)
+    first = raw.view(np.uint64)[:: SECTOR_SIZE // 8]
+    hits: list[int] = np.flatnonzero(first == _MAGIC_WORD).tolist()
+    return hits
+
+
+def _find_any(view: memoryview, offset: int) -> Found:
+    """find_pages for any alignment: group magic sectors by anchor, judge whole pages."""
+    skip = -offset % SECTOR_SIZE
+    first_sector = (offset + skip) // SECTOR_SIZE
+    count = max(0, (len(view) - skip) // SECTOR_SIZE)
+    groups: dict[int, tuple[int, int]] = {}  # anchor -> (stream, page) of its first sector
+    loose: list[tuple[int, tuple[int, int]]] = []
+    for k in _magic_sectors(view, skip, count):
+        _, version, index, stream, page = _SECTOR_HEAD.unpack_from(view, skip + k * SECTOR_SIZE)
+        if version == FORMAT_VERSION and index < SECTORS_PER_PAGE:
+            groups.setdefault(first_sector + k - index, (stream, page))
+        else:
+            loose.append((first_sector + k, (stream, page)))
+    for sector, ident in loose:  # a damaged header joins a page around it, else starts one
+        if not any(a <= sector < a + SECTORS_PER_PAGE for a in groups):
+            groups[sector] = ident
+    return _judge_groups(view, skip, first_sector, count, groups)
+
+
+def _judge_groups(
+    view: memoryview, skip: int, first: int, count: int, groups: dict[int, tuple[int, int]]
+) -> Found:
+    """Whole pages decoded from the payload, the rest as pieces."""
+    found: list[Stamps] = []
+    pieces: list[Piece] = []
+    end = first + count
+    for anchor in sorted(groups):
+        if first <= anchor and anchor + SECTORS_PER_PAGE <= end:
+            at = skip + (anchor - first) * SECTOR_SIZE
+            found.append(_page_stamps(view[at : at + PAGE_SIZE], anchor * SECTOR_SIZE))
+            continue
+        lo, hi = max(anchor, first), min(anchor + SECTORS_PER_PAGE, end)
+        mask = ((1 << (hi - lo)) - 1) << (lo - anchor)
+        pieces.append(Piece(anchor, *groups[anchor], mask))
+    stamps = Stamps(
+        len(found),
+        tuple(v for f in found for v in f.valid),
+        tuple(t for f in found for t in f.torn),
+    )
+    return Found(stamps, tuple(pieces))

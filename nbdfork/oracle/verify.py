@@ -8,21 +8,25 @@ journal copies, reflinks and several streams sharing a block are legal. The pure
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple, Protocol
 
-import numpy as np
-
 from nbdfork.oracle.stamp import (
-    NO_STAMPS,
+    FORMAT_VERSION,
+    MAGIC,
     PAGE_SIZE,
     SECTOR_SIZE,
+    SECTORS_PER_PAGE,
     Buffer,
     PageDecode,
+    PageStatus,
+    Piece,
     Stamps,
-    find_stamps,
+    decode_page,
+    find_pages,
 )
 
 __all__ = [
@@ -32,7 +36,7 @@ __all__ = [
     "Oracle",
     "PageKey",
     "WriteRequest",
-    "aligned_window",
+    "Media",
     "validate_overlap",
     "validate_stale",
     "validate_torn",
@@ -47,6 +51,7 @@ PageKey = tuple[int, int, int]
 COUNTED = (
     "torn_write", "stale_write", "overlapping_write",
     "writes", "stamped_pages", "valid_pages", "torn_pages", "failed_writes", "unknown_replies",
+    "incomplete_pages",
 )  # fmt: skip
 """The keys of Oracle.counts(): events per verdict, then per-write and per-page tallies."""
 
@@ -78,20 +83,23 @@ class EventSink(Protocol):
     def emit(self, event: Mapping[str, object]) -> None: ...
 
 
+class Media(Protocol):
+    """What the device's media holds (a Store): assembled pages are judged there."""
+
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+
 class InFlight(NamedTuple):
-    """A WRITE that arrived and has not been replied to, with the VALID pages it carries."""
+    """A WRITE that arrived and has not landed, with the pages it carries."""
 
     req: WriteRequest
     valid: tuple[tuple[PageKey, int], ...]  # ((lba, stream, page), generation)
     first_sector: int  # req.first_sector, kept for the overlap scan on every arrival
     end_sector: int
-
-
-def aligned_window(offset: int, length: int) -> tuple[int, int]:
-    """(start, end) byte offsets of the device-aligned 4096-byte pages fully inside a write."""
-    start = -(-offset // PAGE_SIZE) * PAGE_SIZE
-    end = (offset + length) // PAGE_SIZE * PAGE_SIZE
-    return start, max(start, end)
+    whole: tuple[int, ...]  # anchors (sectors) of the pages judged whole from the payload
+    pieces: tuple[Piece, ...]
 
 
 def _where(req: WriteRequest) -> Event:
@@ -99,8 +107,15 @@ def _where(req: WriteRequest) -> Event:
     return {"time": req.time, "connection": req.connection, "request_id": req.request_id}
 
 
-def validate_torn(req: WriteRequest, torn: Iterable[tuple[int, PageDecode]]) -> list[Event]:
-    """One torn_write event per TORN page of the write, given as (device offset, decode)."""
+def validate_torn(
+    req: WriteRequest, torn: Iterable[tuple[int, PageDecode]], *, phase: str = "write"
+) -> list[Event]:
+    """One torn_write event per TORN page, given as (device offset, decode).
+
+    phase "write": the page lies whole inside one WRITE, judged from its payload on arrival.
+    phase "assembled": the WRITE `req` completed a page written in pieces; judged on the media.
+    phase "disconnect": a page left in pieces when its connection closed; judged on the media.
+    """
     events: list[Event] = []
     for offset, d in torn:
         gens = sorted({g for g in d.sector_generations if g is not None})
@@ -109,7 +124,7 @@ def validate_torn(req: WriteRequest, torn: Iterable[tuple[int, PageDecode]]) -> 
             "length": PAGE_SIZE, "write_offset": req.offset, "write_length": req.length,
             "stream": d.stream, "page": d.page, "generations": gens,
             "sector_map": list(d.sector_generations), "first_mismatch": d.first_mismatch,
-            "crc_ok": d.crc_ok, **_where(req),
+            "crc_ok": d.crc_ok, "phase": phase, **_where(req),
         })  # fmt: skip
     return events
 
@@ -156,21 +171,8 @@ def validate_overlap(req: WriteRequest, in_flight: Iterable[WriteRequest]) -> li
     return events
 
 
-def _stamps(req: WriteRequest, data: Buffer) -> Stamps:
-    """The stamped pages among the device-aligned pages of a WRITE payload."""
-    offset, length = req.offset, req.length
-    if len(data) != length:
-        raise ValueError(f"write {req.request_id}: payload {len(data)} bytes, length {length}")
-    if not (offset | length) % PAGE_SIZE:  # the usual aligned WRITE: no slicing
-        return find_stamps(data, base_offset=offset) if length else NO_STAMPS
-    start, end = aligned_window(offset, length)
-    if end == start:
-        return NO_STAMPS
-    raw = np.frombuffer(data, dtype=np.uint8)
-    return find_stamps(raw[start - offset : end - offset], base_offset=start)
-
-
 _new_tuple = tuple.__new__
+_FULL = (1 << SECTORS_PER_PAGE) - 1
 
 
 def _valid_keys(stamps: Stamps) -> tuple[tuple[PageKey, int], ...]:
@@ -180,36 +182,61 @@ def _valid_keys(stamps: Stamps) -> tuple[tuple[PageKey, int], ...]:
     return tuple(zip(zip(lbas, streams, pages, strict=True), gens, strict=True))
 
 
-class Oracle:
-    """Judges every WRITE: call write_arrived on arrival and write_replied on reply.
+def _whole_anchors(stamps: Stamps) -> tuple[int, ...]:
+    """The anchor sector of every page judged whole from a payload."""
+    return tuple(v.offset // SECTOR_SIZE for v in stamps.valid) + tuple(
+        o // SECTOR_SIZE for o, _ in stamps.torn
+    )
 
-    Runs on every WRITE the device serves, so the common case — an unstamped or VALID payload
-    with nothing in flight beside it — takes one lock, no event and no per-page object.
+
+class _Assembly:
+    """A stamped page being written in pieces: which of its sectors have landed since."""
+
+    __slots__ = ("connection", "mask", "page", "stream")
+
+    def __init__(self, piece: Piece, connection: int) -> None:
+        self.stream, self.page, self.mask, self.connection = (
+            piece.stream, piece.page, piece.mask, connection,
+        )  # fmt: skip
+
+
+class Oracle:
+    """Judges every WRITE: write_arrived on arrival, write_replied when it reaches the media.
+
+    The device calls write_replied (and discarded) in the order writes reach its media, under
+    the lock that orders them there, so replied generations, stale verdicts and the pages
+    assembled from pieces all follow the media. Every call returns a *tick*: the position of
+    the call in the oracle's one history, which a trace records so that the same verdicts can
+    be given offline. The common case — an aligned unstamped or VALID payload with nothing in
+    flight beside it — takes one lock, no event and no per-page object.
     """
 
-    def __init__(self, sink: EventSink) -> None:
+    def __init__(self, sink: EventSink, media: Media | None = None) -> None:
         self._sink = sink
+        self._media = media
         self._lock = threading.Lock()
         self._in_flight: dict[int, InFlight] = {}
         self._replied: dict[PageKey, int] = {}
+        self._assembling: dict[int, _Assembly] = {}  # anchor sector -> page in pieces
         self._counts: Counter[str] = Counter({name: 0 for name in COUNTED})
         self._writes = self._stamped = self._valid = 0  # per-WRITE tallies, kept out of _counts
+        self._tick = 0
 
-    def write_arrived(self, req: WriteRequest, data: Buffer) -> None:
-        """Decode the payload, emit its verdicts and register it as in flight."""
+    def write_arrived(self, req: WriteRequest, data: Buffer) -> int:
+        """Decode the payload, emit its verdicts and register it as in flight; returns the tick."""
         offset, length = req.offset, req.length
-        if length == len(data) == PAGE_SIZE and not offset % PAGE_SIZE:  # the usual WRITE
-            stamps = find_stamps(data, base_offset=offset)  # outside the lock: pure
-        else:
-            stamps = _stamps(req, data)
+        if len(data) != length:
+            raise ValueError(f"write {req.request_id}: payload {len(data)} bytes, length {length}")
+        stamps, pieces = find_pages(data, offset)  # outside the lock: pure
         valid = _valid_keys(stamps) if stamps.valid else ()
+        whole = _whole_anchors(stamps) if stamps.stamped else ()
         first, end = offset // SECTOR_SIZE, -(-(offset + length) // SECTOR_SIZE)
         events: list[Event] = []
         with self._lock:
             in_flight = self._in_flight
             if req.request_id in in_flight:
                 raise ValueError(f"write {req.request_id} is already in flight")
-            others = [o for o, _, a, b in in_flight.values() if a < end and first < b]
+            others = [f[0] for f in in_flight.values() if f[2] < end and first < f[3]]
             if others:
                 events += validate_overlap(req, others)
             if stamps.torn:
@@ -220,47 +247,131 @@ class Oracle:
                     events += stale
                     valid = tuple(v for v in valid if v[1] >= self._replied.get(v[0], -1))
             # tuple.__new__ builds the NamedTuple without running its Python-level __new__
-            in_flight[req.request_id] = _new_tuple(InFlight, (req, valid, first, end))
+            flight = (req, valid, first, end, whole, pieces)
+            in_flight[req.request_id] = _new_tuple(InFlight, flight)
             self._writes += 1
             if stamps.stamped:
                 self._stamped += stamps.stamped
                 self._valid += len(stamps.valid)
                 self._counts["torn_pages"] += len(stamps.torn)
-            if events:
+            if events:  # emitted under the lock: events.jsonl follows the oracle's history
                 self._count_events(events)
-        if events:
-            self._emit(events)
+                self._emit(events)
+            tick = self._next_tick()
+        return tick
 
-    def write_replied(self, request_id: int, *, ok: bool, time: float) -> None:
-        """The device replied: on success, its VALID pages' generations become the replied ones.
+    def write_replied(self, request_id: int, *, ok: bool, time: float) -> int:
+        """The WRITE reached the media (ok) or failed (nothing of it landed); returns the tick.
 
-        `time` is accepted for symmetry with write_arrived and future verdicts; a reply to an
-        unknown request is counted as `unknown_replies` and otherwise ignored.
+        On success its VALID pages' generations become the replied ones (a copy older than the
+        one standing there is a stale_write of phase "reply"), and its pieces join the pages
+        being assembled. A reply to an unknown request is counted as `unknown_replies`.
         """
+        events: list[Event] = []
         with self._lock:
+            tick = self._next_tick()
             flight = self._in_flight.pop(request_id, None)
             if flight is None:
                 self._counts["unknown_replies"] += 1
-                return
-            if not ok:
+            elif not ok:
                 self._counts["failed_writes"] += 1
-                return
-            if not flight.valid:
-                return
-            replied = self._replied
-            late: list[tuple[PageKey, int]] = []
-            for key, gen in flight.valid:  # keys are distinct: one lba per page of a write
-                newer = replied.get(key, -1)
-                if gen > newer:
-                    replied[key] = gen
-                elif gen < newer:
-                    late.append((key, gen))
-            if not late:
-                return
-            reply = flight.req._replace(time=time)  # built only when there is a verdict
-            events = validate_stale(reply, late, replied, phase="reply")
-            self._count_events(events)
-        self._emit(events)
+            elif flight.valid or flight.whole or flight.pieces:
+                events = self._land(flight, time)
+            if events:  # emitted under the lock: events.jsonl follows the oracle's history
+                self._count_events(events)
+                self._emit(events)
+        return tick
+
+    def _land(self, flight: InFlight, time: float) -> list[Event]:
+        """Replied generations and assemblies after `flight` landed (lock held)."""
+        replied = self._replied
+        late: list[tuple[PageKey, int]] = []
+        for key, gen in flight.valid:  # keys are distinct: one lba per page of a write
+            newer = replied.get(key, -1)
+            if gen > newer:
+                replied[key] = gen
+            elif gen < newer:
+                late.append((key, gen))
+        req = flight.req._replace(time=time)
+        events = validate_stale(req, late, replied, phase="reply") if late else []
+        for anchor in flight.whole:
+            self._assembling.pop(anchor, None)
+        for piece in flight.pieces:
+            events += self._add_piece(req, piece)
+        return events
+
+    def _add_piece(self, req: WriteRequest, piece: Piece) -> list[Event]:
+        """A piece of a page landed: judge the page on the media once all 8 sectors have."""
+        media = self._media
+        if media is None or piece.anchor < 0 or (piece.anchor + 8) * SECTOR_SIZE > media.size:
+            return []  # no media to judge on, or a page that cannot fit on the device
+        page = self._assembling.get(piece.anchor)
+        if page is None or (page.stream, page.page) != (piece.stream, piece.page):
+            page = self._assembling[piece.anchor] = _Assembly(piece, req.connection)
+        else:
+            page.mask |= piece.mask
+            page.connection = req.connection
+        if page.mask != _FULL:
+            return []
+        del self._assembling[piece.anchor]
+        return self._judge_media(req, piece.anchor, page, phase="assembled")
+
+    def _judge_media(
+        self, req: WriteRequest, anchor: int, page: _Assembly, *, phase: str
+    ) -> list[Event]:
+        """Decode the page the media holds at `anchor` (lock held): torn or stale verdicts."""
+        assert self._media is not None
+        data = self._media.read(anchor * SECTOR_SIZE, PAGE_SIZE)
+        decoded = decode_page(data)
+        if decoded.status is PageStatus.UNSTAMPED:
+            return []
+        if phase == "disconnect" and not _evidence(data, page.stream, page.page):
+            self._counts["incomplete_pages"] += 1
+            return []
+        self._stamped += 1
+        assert decoded.stream is not None and decoded.page is not None
+        if decoded.status is PageStatus.TORN:
+            self._counts["torn_pages"] += 1
+            return validate_torn(req, [(anchor * SECTOR_SIZE, decoded)], phase=phase)
+        self._valid += 1
+        assert decoded.generation is not None
+        key, gen = (anchor, decoded.stream, decoded.page), decoded.generation
+        newer = self._replied.get(key, -1)
+        if gen >= newer:
+            self._replied[key] = gen
+            return []
+        return validate_stale(req, [(key, gen)], self._replied, phase="reply")
+
+    def discarded(self, offset: int, length: int) -> int:
+        """A trim or zero reached the media (it only changes what assembled pages hold)."""
+        with self._lock:
+            return self._next_tick()
+
+    def connection_closed(self, connection: int, *, time: float) -> int:
+        """Judge the pages `connection` left in pieces: the client can add nothing to them."""
+        return self._judge_left(lambda page: page.connection == connection, connection, time)
+
+    def finish(self, *, time: float) -> int:
+        """The device stops: judge every page still in pieces."""
+        return self._judge_left(lambda page: True, 0, time)
+
+    def _judge_left(self, which: Callable[[_Assembly], bool], connection: int, time: float) -> int:
+        events: list[Event] = []
+        req = WriteRequest(0, connection, 0, 0, False, time)
+        with self._lock:
+            tick = self._next_tick()
+            for anchor, page in sorted(self._assembling.items()):
+                if which(page):
+                    del self._assembling[anchor]
+                    events += self._judge_media(req, anchor, page, phase="disconnect")
+            if events:  # emitted under the lock: events.jsonl follows the oracle's history
+                self._count_events(events)
+                self._emit(events)
+        return tick
+
+    def _next_tick(self) -> int:
+        self._tick += 1
+        return self._tick
 
     def counts(self) -> dict[str, int]:
         """Events per verdict, plus writes, stamped/valid/torn pages, failed writes."""
@@ -268,10 +379,11 @@ class Oracle:
             counts = dict(self._counts)
             counts.update(writes=self._writes, stamped_pages=self._stamped)
             counts["valid_pages"] = self._valid
+            counts["assembling_pages"] = len(self._assembling)
         return counts
 
     def in_flight(self) -> list[WriteRequest]:
-        """The WRITEs arrived and not yet replied to, in arrival order."""
+        """The WRITEs arrived and not yet landed, in arrival order."""
         with self._lock:
             return [f.req for f in self._in_flight.values()]
 
@@ -284,3 +396,20 @@ class Oracle:
         """Hand the events to the sink, in order."""
         for e in events:
             self._sink.emit(e)
+
+
+_SECTOR_TAG = struct.Struct("<8sHHIQQ")  # magic, version, index, stream, page, generation
+
+
+def _evidence(data: bytes, stream: int, page: int) -> bool:
+    """Whether a page left in pieces is torn on evidence: the sectors that name it (its
+    stream, page and their own index) disagree on the generation, or all eight name it (and
+    the page is not VALID). Sectors holding other data are not a tear: the page was replaced."""
+    gens = set()
+    own = 0
+    for i in range(SECTORS_PER_PAGE):
+        magic, version, index, s, p, gen = _SECTOR_TAG.unpack_from(data, i * SECTOR_SIZE)
+        if magic == MAGIC and version == FORMAT_VERSION and index == i and (s, p) == (stream, page):
+            gens.add(gen)
+            own += 1
+    return len(gens) > 1 or own == SECTORS_PER_PAGE
