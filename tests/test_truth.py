@@ -10,6 +10,7 @@ from typing import Any
 import nbd
 import pytest
 
+from nbdfork.cli import main
 from nbdfork.oracle.rejudge import rejudge_trace
 from nbdfork.oracle.stamp import decode_page, encode_page
 from tests.conftest import disconnect
@@ -146,3 +147,26 @@ def test_trace_rejudged_offline_gives_the_live_verdicts(connect: Connect, tmp_pa
     rejudged = rejudge_trace(trace, sink)
     assert rejudged.ticked
     assert sink.events == live
+
+
+def test_verify_cli_rejudges_a_trace_against_a_report(
+    connect: Connect, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`nbdfork verify TRACE --against DIR` says identical, and exits 1 once the log differs."""
+    report, trace = tmp_path / "r", tmp_path / "t.trace"
+    h = connect("size=16M", f"report={report}", f"trace={trace}")
+    h.pwrite(encode_page(1, 0, 2), 0)
+    h.pwrite(encode_page(1, 0, 1), 0)  # stale
+    h.pwrite(encode_page(1, 1, 11)[:3584], PAGE)
+    h.pwrite(encode_page(1, 1, 10)[3584:], PAGE + 3584)  # torn, assembled
+    disconnect(h)
+    argv = ["verify", str(trace), "--against", str(report), "--events", str(tmp_path / "e")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "identical to" in out and "stale_write        1" in out and "torn_write         1" in out
+    assert (tmp_path / "e").read_text() == (report / "events.jsonl").read_text()
+    lines = (report / "events.jsonl").read_text().splitlines()
+    (report / "events.jsonl").write_text(lines[0] + "\n")
+    assert main(["verify", str(trace), "--against", str(report)]) == 1
+    assert "DIFFERS" in capsys.readouterr().out
+    assert main(["verify", str(trace), "--events", str(tmp_path / "e")]) == 2  # no clobbering
