@@ -57,3 +57,17 @@ def test_bad_option_is_a_usage_error() -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "--reps must be positive" in proc.stderr
+
+
+def test_percost_runs_every_cell_and_ratio(tmp_path: Path) -> None:
+    """bench/percost.py times every window and backlog and writes both flatness ratios."""
+    out = tmp_path / "percost.json"
+    argv = [sys.executable, str(ROOT / "bench" / "percost.py"), "--writes", "256",
+            "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert set(doc["gate_us_per_write"]) == {"2", "8", "64", "256", "1024"}
+    assert set(doc["cache_us_per_write"]) == {"10", "100", "1000", "16000"}
+    assert set(doc["ratios"]) == {"gate_window_1024_vs_2", "cache_pending_16000_vs_10"}
+    assert "gate_window_1024_vs_2" in proc.stdout

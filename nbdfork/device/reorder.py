@@ -20,6 +20,7 @@ from nbdfork.device.rng import DeviceRng
 __all__ = ["ReorderGate"]
 
 _PURPOSE = 201
+_NUMPY_MIN = 32
 _KEEP_WINDOWS = 4  # windows kept behind the newest one touched (late stragglers only)
 
 
@@ -55,8 +56,12 @@ class ReorderGate:
 
     def order(self, window_index: int) -> list[int]:
         """The reply order (positions 0..window-1) of one window: a seeded permutation."""
-        keys = self._rng.uniforms(_PURPOSE, window_index, self.window)
-        order: list[int] = np.argsort(keys, kind="stable").tolist()
+        if self.window <= _NUMPY_MIN:  # numpy's fixed cost per call outweighs a short loop
+            keys = [self._rng.uniform(_PURPOSE, window_index, p) for p in range(self.window)]
+            return sorted(range(self.window), key=keys.__getitem__)
+        order: list[int] = np.argsort(
+            self._rng.uniforms(_PURPOSE, window_index, self.window), kind="stable"
+        ).tolist()
         return order
 
     def _get(self, index: int) -> _Window:
