@@ -1,7 +1,9 @@
 """Device configuration: the nbdkit `key=value` parameters, parsed and validated in one place.
 
-The same table drives the plugin's `config()`/`config_complete()`, `nbdkit python ... --help`
-and the `nbdfork serve` options, so a parameter exists once.
+The same table drives the plugin's `config()`/`config_complete()`, its `--dump-plugin` lines
+(nbdkit's python plugin never shows a script's `config_help`) and the `nbdfork serve` options,
+so a parameter exists once. Every value is bounded here, at parse time: a device that starts
+never fails a request because a setting overflows (docs/parameters.md lists the bounds).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ __all__ = [
     "Op",
     "Param",
     "check_known",
-    "help_text",
+    "MAX_DURATION",
+    "MAX_SIZE",
+    "NBD_ERRNOS",
     "parse_duration",
     "parse_params",
     "parse_size",
@@ -37,10 +41,23 @@ Op = Literal["read", "write", "flush", "trim"]
 OPS: tuple[Op, ...] = ("read", "write", "flush", "trim")
 
 MAX_SIZE = 1 << 46  # 64 TiB: comfortably inside a 47-bit user address space for the mmap store
+MAX_DURATION = 3600.0  # one hour: any longer and the client's own timeouts have long fired
+# The largest request nbdkit accepts (MAX_REQUEST_SIZE, 64 MiB) must cross the bandwidth term
+# within MAX_DURATION; 32K/s does it in 2048 s.
+MIN_BANDWIDTH = 32 << 10
+# DeviceRng.normal() is Box-Muller over u1 >= 2**-53: |z| <= sqrt(-2 ln 2**-53) < 8.58.
+_NORMAL_TAIL = 8.58
+# What NBD can carry for WRITE/FLUSH/TRIM/READ (nbdkit server/protocol.c nbd_errno()): anything
+# else reaches the client as EINVAL (EAGAIN, E2BIG, ...), EPERM (EROFS), ENOSPC (EFBIG); ENOTSUP
+# only on fast-zero requests and EOVERFLOW only on DF reads.
+NBD_ERRNOS = ("EPERM", "EIO", "ENOMEM", "EINVAL", "ENOSPC", "ESHUTDOWN")
 _SIZE_SUFFIXES = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
+# re.ASCII: int() and float() take any Unicode decimal digit, a user never means one.
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE | re.ASCII)
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|ms|s)?\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|ms|s)?\s*$", re.ASCII)
+_INT_RE = re.compile(r"^\s*\d+\s*$", re.ASCII)
+_FLOAT_RE = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)(e[-+]?\d+)?\s*$", re.ASCII | re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,16 +185,11 @@ PARAMS: tuple[Param, ...] = (
     Param("error-op", "OPS", "inject errors on these ops: read,write,flush,trim,zero or all"),
     Param("error-probability", "P", "probability of an error per matching request (default 1)"),
     Param("error-range", "START-END", "only requests touching this byte range, e.g. 0-1M"),
-    Param("error-errno", "NAME", "errno of injected errors: EIO (default), ENOSPC, EROFS, ..."),
+    Param("error-errno", "NAME", "errno of injected errors: EIO (default), " + ", ".join(
+        e for e in NBD_ERRNOS if e != "EIO")),
     Param("error-trigger", "PATH", "only while this file exists"),
 )
 _KEYS = {p.key: p for p in PARAMS}
-
-
-def help_text() -> str:
-    """nbdkit's `--help` text for the plugin: one line per parameter."""
-    lines = [f"{p.key}={p.metavar}".ljust(28) + p.help for p in PARAMS]
-    return "\n".join(lines)
 
 
 def parse_size(key: str, text: str) -> int:
@@ -194,14 +206,18 @@ def parse_size(key: str, text: str) -> int:
 
 
 def parse_duration(key: str, text: str) -> float:
-    """Parse `2ms`, `500us`, `1.5s` into seconds; a bare number needs a unit unless it is 0."""
+    """Parse `2ms`, `500us`, `1.5s` into seconds, at most an hour; a bare number needs a unit
+    unless it is 0."""
     match = _DURATION_RE.match(text)
     if not match:
         raise ConfigError(key, f"{text!r} is not a duration (use e.g. 2ms, 500us, 1s)")
     number, unit = float(match.group(1)), match.group(2)
     if unit is None and number != 0:
         raise ConfigError(key, f"{text!r} needs a unit: ns, us, ms or s")
-    return number * _DURATION_UNITS[unit or "s"]
+    seconds = number * _DURATION_UNITS[unit or "s"]
+    if seconds > MAX_DURATION:
+        raise ConfigError(key, f"{text!r} is longer than the maximum of 3600s (one hour)")
+    return seconds
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -224,6 +240,11 @@ def parse_latency(key: str, text: str) -> LatencySpec:
         return LatencySpec("uniform", low, high)
     if kind == "lognormal" and len(args) == 2:
         median, sigma = parse_duration(key, args[0]), _parse_float(key, args[1], 0.0, 10.0)
+        if median * math.exp(sigma * _NORMAL_TAIL) > MAX_DURATION:
+            raise ConfigError(
+                key, f"{text!r} can draw delays over 3600s (median x e^(8.58 sigma)): "
+                "lower the median or sigma",
+            )
         return LatencySpec("lognormal", median, sigma)
     raise ConfigError(
         key, f"{text!r} is not a latency (use 2ms, uniform:1ms:5ms or lognormal:2ms:0.5)"
@@ -231,17 +252,18 @@ def parse_latency(key: str, text: str) -> LatencySpec:
 
 
 def _parse_float(key: str, text: str, low: float, high: float) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(key, f"{text!r} is not a number") from None
+    # A regex, not float(): float() takes nan, inf, 1_0 and non-ASCII digits.
+    if not _FLOAT_RE.match(text):
+        raise ConfigError(key, f"{text!r} is not a number")
+    value = float(text)
     if not (low <= value <= high) or math.isnan(value):
         raise ConfigError(key, f"{text!r} must be between {low:g} and {high:g}")
     return value
 
 
 def _parse_seed(key: str, text: str) -> int:
-    if not text.isdigit() or int(text) >= 1 << 64:
+    # Not str.isdigit(): it accepts "²", which int() refuses.
+    if not _INT_RE.match(text) or int(text) >= 1 << 64:
         raise ConfigError(key, f"{text!r} must be an integer from 0 to 2**64-1")
     return int(text)
 
@@ -256,7 +278,12 @@ def _parse_bool(key: str, text: str) -> bool:
 
 
 def _parse_bandwidth(key: str, text: str) -> float:
-    return float(parse_size(key, text)) if text != "0" else math.inf
+    if text == "0":
+        return math.inf
+    value = parse_size(key, text)
+    if value < MIN_BANDWIDTH:
+        raise ConfigError(key, f"{text!r} is below the minimum of 32K (64M per hour)")
+    return float(value)
 
 
 def _absolute(key: str, text: str) -> Path:
@@ -349,14 +376,16 @@ def _parse_range(key: str, text: str) -> tuple[int, int]:
 
 
 def _parse_errno(key: str, text: str) -> int:
-    value = getattr(errno, text.upper(), None)
-    if not isinstance(value, int) or text.upper() not in errno.errorcode.values():
-        raise ConfigError(key, f"{text!r} is not an errno name (e.g. EIO, ENOSPC, EROFS)")
+    name = text.strip().upper()
+    if name not in NBD_ERRNOS:
+        allowed = ", ".join(NBD_ERRNOS)
+        raise ConfigError(key, f"{text!r} is not an errno NBD can carry (use {allowed})")
+    value: int = getattr(errno, name)
     return value
 
 
 def _parse_int(key: str, text: str, low: int, high: int) -> int:
-    if not text.strip().isdigit() or not low <= int(text) <= high:
+    if not _INT_RE.match(text) or not low <= int(text) <= high:
         raise ConfigError(key, f"{text!r} must be an integer from {low} to {high}")
     return int(text)
 

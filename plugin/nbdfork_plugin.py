@@ -5,7 +5,8 @@
 #   nbdkit --unix /tmp/nbd.sock --foreground python plugin/nbdfork_plugin.py \
 #          size=512M report=/tmp/out write-latency=2ms seed=1
 #
-# `nbdfork serve --help` lists every parameter (size= is required). The report directory
+# `nbdfork serve --help` and `nbdkit python plugin/nbdfork_plugin.py --dump-plugin` list every
+# parameter (size= is required; docs/parameters.md has the bounds). The report directory
 # gets events.jsonl (one verdict per line) and summary.json (counts), written when a client
 # disconnects and when nbdkit stops. This is the only file that imports `nbdkit`; every
 # callback delegates to nbdfork.device.
@@ -39,10 +40,11 @@ _add_project_paths()
 
 import nbdkit  # noqa: E402
 
-from nbdfork.config import DeviceConfig, help_text, parse_params  # noqa: E402
+from nbdfork.config import PARAMS, DeviceConfig, parse_params  # noqa: E402
 from nbdfork.config import check_known as _check_known  # noqa: E402
 from nbdfork.device.service import DeviceService  # noqa: E402
-from nbdfork.errors import ConfigError, DeviceError  # noqa: E402
+from nbdfork.errors import DeviceError, NbdforkError  # noqa: E402
+from nbdfork.files import validate_paths  # noqa: E402
 from nbdfork.log import configure as _configure_log  # noqa: E402
 
 API_VERSION = 2
@@ -51,19 +53,28 @@ _params: list[tuple[str, str]] = []
 _config: DeviceConfig | None = None
 _service: DeviceService | None = None
 
-config_help = help_text()
 
-
-def _fail_config(exc: ConfigError) -> None:
-    # One line naming the key, then exit: a Python traceback would bury the message.
-    print(f"nbdkit: nbdfork: error: {exc}", file=sys.stderr, flush=True)
+def _fail_config(exc: NbdforkError) -> None:
+    # One line naming the key, then exit: a Python traceback would bury the message. A path
+    # may hold a newline; escape it so the message stays one line.
+    message = str(exc).replace("\n", "\\n")
+    print(f"nbdkit: nbdfork: error: {message}", file=sys.stderr, flush=True)
     os._exit(1)
+
+
+def dump_plugin():
+    # nbdkit's python plugin ignores a script's config_help (nbdkit-python-plugin(3),
+    # "Missing"): --dump-plugin is where nbdkit lets a python plugin describe itself.
+    for param in PARAMS:
+        required = " (required)" if param.required else ""
+        print(f"nbdfork_param_{param.key}={param.metavar}{required}: {param.help}")
+    sys.stdout.flush()
 
 
 def config(key, value):
     try:
         _check_known(key)
-    except ConfigError as exc:
+    except NbdforkError as exc:
         _fail_config(exc)
     _params.append((key, value))
 
@@ -72,7 +83,8 @@ def config_complete():
     global _config
     try:
         _config = parse_params(_params)
-    except ConfigError as exc:
+        validate_paths(_config)
+    except NbdforkError as exc:
         _fail_config(exc)
 
 
@@ -83,11 +95,10 @@ def thread_model():
 def get_ready():
     global _service
     assert _config is not None
-    log = _config.report / "nbdfork.log" if _config.report else None
-    _configure_log(json_path=log)
     try:
         _service = DeviceService(_config)
-    except ConfigError as exc:
+        _configure_log(json_fd=_service.open_log())
+    except NbdforkError as exc:
         _fail_config(exc)
 
 
@@ -97,7 +108,7 @@ def after_fork():
 
 
 def open(readonly):
-    return _service.open_connection(readonly=readonly)
+    return _service.open_connection(readonly=readonly, export=nbdkit.export_name())
 
 
 def close(h):
@@ -157,7 +168,7 @@ _FLAG_FUA = nbdkit.FLAG_FUA
 # attribute lookups beyond the device (bench/throughput.py measures what they cost).
 def pread(h, buf, offset, flags):
     try:
-        _service.device.pread(buf, offset)
+        _service.device.pread(buf, offset, h)
     except DeviceError as exc:
         nbdkit.set_error(exc.errno)
         raise

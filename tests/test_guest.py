@@ -4,6 +4,7 @@ tools and a fake sysfs, report cutting, the watchdog, outcome typing, kernels, t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -19,7 +20,7 @@ import pytest
 from nbdfork.commands import run as run_command
 from nbdfork.errors import ConfigError, VMError, VMLost
 from nbdfork.vm import guest
-from nbdfork.vm.device import DeviceServer, nbdkit_argv, split_summary
+from nbdfork.vm.device import DeviceServer, nbdkit_argv
 from nbdfork.vm.guest import MARKER, GuestRunner, Reporter, nbd_client_argv
 from nbdfork.vm.kernel import (
     Kernel,
@@ -95,14 +96,15 @@ class FakeServer:
     def check_alive(self) -> None:
         """Always alive."""
 
-    def cut(self, run_dir: Path, workload_wall: float | None) -> dict[str, Any]:
+    def collect(self, run_id: str, run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
         """The connection's summary and (empty) events."""
         self.connections += 1
         summary = {
             "counts": {"torn_write": 0},
             "writes": 3,
             "stamped_pages": 2,
-            "run_split": {"connection": self.connections},
+            "connection": self.connections,
+            "export": run_id,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary))
         (run_dir / "events.jsonl").write_text("")
@@ -250,43 +252,26 @@ def test_nbdkit_and_nbd_client_argv(tmp_path: Path) -> None:
     argv = nbdkit_argv(plan, tmp_path / "device")
     assert argv[:6] == [
         "nbdkit",
+        "--exit-with-parent",
         "--unix",
         plan.socket,
         "--foreground",
-        "--exit-with-parent",
         "python",
     ]
     assert argv[6] == plan.plugin
     assert {"size=512M", "write-latency=2ms", "seed=5", f"report={tmp_path / 'device'}"} <= set(
         argv
     )
-    client = nbd_client_argv(plan.socket, "/dev/nbd0")
-    assert client == ["nbd-client", "-unix", plan.socket, "/dev/nbd0", "-b", "4096"]
+    client = nbd_client_argv(plan.connect_target(0), "/dev/nbd0", export="ext4-sw0-pwrite")
+    assert client == ["nbd-client", "-N", "ext4-sw0-pwrite", "-unix", plan.socket, "/dev/nbd0",
+                      "-b", "4096"]  # fmt: skip
     assert "-t" not in client
-
-
-def test_split_summary_subtracts_counters_and_keeps_settings() -> None:
-    """A run's summary is the device's counters since the previous connection."""
-    before = {
-        "writes": 10,
-        "counts": {"torn_write": 2},
-        "seed": 5,
-        "settings": {"size": 1},
-        "connections": 1,
-        "started": "t0",
-    }
-    after = {
-        "writes": 25,
-        "counts": {"torn_write": 7, "stale_write": 1},
-        "seed": 5,
-        "settings": {"size": 1},
-        "connections": 2,
-        "started": "t0",
-    }
-    split = split_summary(before, after)
-    assert split["writes"] == 15
-    assert split["counts"] == {"torn_write": 5, "stale_write": 1}
-    assert split["settings"] == {"size": 1} and split["connections"] == 2
+    host = dataclasses.replace(plan, device_location="host", nbd_ports=[10809, 10810])
+    assert nbd_client_argv(host.connect_target(1), "/dev/nbd0") == [
+        "nbd-client", "10.0.2.100", "10810", "/dev/nbd0", "-b", "4096"
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="no forward left"):
+        host.connect_target(2)
 
 
 class AliveProc:
@@ -298,52 +283,39 @@ class AliveProc:
         """Still running."""
 
 
-def test_device_report_is_cut_per_connection(tmp_path: Path) -> None:
-    """Each cut takes the events appended since the last cut and the counters since the last
-    summary; events get run_time_s relative to the workload's start."""
+def test_device_report_is_collected_per_connection(tmp_path: Path) -> None:
+    """A run takes the report of the connection named after it and only that connection's
+    events, each with run_time_s from the workload's start on the device clock."""
     plan = make_plan(tmp_path, timeouts={"summary": 2.0})
     report = tmp_path / "device"
     report.mkdir()
     server = DeviceServer(plan, report, lambda message: None)
     server.proc = AliveProc()  # type: ignore[assignment]
-    started = "2026-01-01T00:00:00+00:00"
-    base = 1767225600.0  # that instant as time.time()
-
-    def device_state(connections: int, torn: int, events: list[float]) -> None:
-        (report / "summary.json").write_text(
-            json.dumps(
-                {
-                    "connections": connections,
-                    "started": started,
-                    "writes": 10 * connections,
-                    "counts": {"torn_write": torn},
-                }
-            )
-        )
-        with (report / "events.jsonl").open("a") as f:
-            for t in events:
-                f.write(json.dumps({"event": "torn_write", "time": t}) + "\n")
-
-    first, second = tmp_path / "r1", tmp_path / "r2"
-    first.mkdir(), second.mkdir()
-    device_state(1, 2, [5.0, 6.0])
-    server.cut(first, base + 4.0)
-    device_state(2, 3, [20.0])
-    split = server.cut(second, base + 18.0)
-    events = [json.loads(line) for line in (second / "events.jsonl").read_text().splitlines()]
-    assert [e["run_time_s"] for e in events] == [2.0]
-    assert split["counts"] == {"torn_write": 1} and split["writes"] == 10
-    assert len((first / "events.jsonl").read_text().splitlines()) == 2
+    for n, (export, opened) in enumerate([("a", 1.0), ("b", 10.0), ("b", 30.0)], start=1):
+        report.joinpath(f"connection-{n}.json").write_text(json.dumps(
+            {"connection": n, "export": export, "opened_s": opened, "writes": n,
+             "counts": {"torn_write": n}}
+        ))  # fmt: skip
+    with (report / "events.jsonl").open("w") as f:
+        for conn, t in [(1, 5.0), (2, 20.0), (3, 40.0), (3, 41.0)]:
+            f.write(json.dumps({"event": "torn_write", "time": t, "connection": conn}) + "\n")
+    run = tmp_path / "r"
+    run.mkdir()
+    split = server.collect("b", run, {"connected_wall": 500.0, "workload_wall": 502.0})
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["run_time_s"] for e in events] == [8.0, 9.0]  # connection 3: the last "b"
+    assert split["counts"] == {"torn_write": 3} and split["run_split"]["events"] == 2
+    assert json.loads((run / "summary.json").read_text())["writes"] == 3
 
 
-def test_a_cut_without_a_new_summary_times_out(tmp_path: Path) -> None:
-    """If the device never writes the connection's summary, cut() fails at step summary."""
+def test_a_run_without_a_connection_report_times_out(tmp_path: Path) -> None:
+    """If the device never writes the connection's report, collect() fails at step summary."""
     plan = make_plan(tmp_path, timeouts={"summary": 0.3})
     (tmp_path / "device").mkdir()
     server = DeviceServer(plan, tmp_path / "device", lambda message: None)
     server.proc = AliveProc()  # type: ignore[assignment]
     with pytest.raises(StepError, match=r"^summary: "):
-        server.cut(tmp_path, None)
+        server.collect("x", tmp_path, {})
 
 
 def test_reporter_pads_then_emits_marker_lines(tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ class GuestCampaign:
 
     def _workload(self, work: Path) -> Ledger:
         dev, fs_bytes = "/dev/nbd0", self.plan.size_bytes - MARKER_RESERVE
-        run_step(self.log, "nbd-client", nbd_client_argv(_SOCKET, dev), 60)
+        run_step(self.log, "nbd-client", nbd_client_argv(["-unix", _SOCKET], dev), 60)
         try:
             run_step(self.log, "mkfs", mkfs_argv(self.plan.fs, dev, fs_bytes), 120)
             _MOUNT.mkdir(parents=True, exist_ok=True)

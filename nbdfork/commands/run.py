@@ -95,6 +95,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="guest sysctl set before anything runs, repeatable (default: "
         "net.core.wmem_default=4608, a small nbd socket buffer; 212992 is Linux's default)",
     )
+    add(
+        "--device-location",
+        choices=("host", "guest"),
+        default="host",
+        help="run nbdkit + the plugin on the host (default; the guest reaches it over qemu's "
+        "restricted user network) or inside the guest, for comparison",
+    )
+    add("--nbdkit-threads", type=int, metavar="N", help="nbdkit --threads (default: nbdkit's)")
     add("--fail-on-violation", action="store_true", help="exit 1 if any run found a violation")
     add("--no-vm", action="store_true", help="run on this host's kernel (root, nbd driver)")
     add("--accel", choices=("auto", "kvm", "tcg"), default="auto", help=argparse.SUPPRESS)
@@ -135,6 +143,8 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         accel=args.accel,
         cpus=args.cpus,
         memory=args.memory,
+        device_location=args.device_location,
+        nbdkit_threads=args.nbdkit_threads,
     )
 
 

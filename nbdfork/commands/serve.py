@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nbdfork.config import PARAMS, parse_params
 from nbdfork.errors import ConfigError
+from nbdfork.files import validate_paths
 
 __all__ = ["PLUGIN", "nbdkit_argv", "register"]
 
@@ -121,7 +122,8 @@ def _serve(argv: list[str], socket: Path, mode: int) -> int:
 def _handle(args: argparse.Namespace) -> int:
     params = _params_from(args)
     _socket_mode(args.socket_mode)
-    parse_params(params)  # the same validation nbdkit will do, before anything starts
+    # The same validation the plugin does in config_complete, before anything starts.
+    validate_paths(parse_params(params))
     if args.threads < 1:
         raise ConfigError("--threads", f"{args.threads} must be at least 1")
     argv = nbdkit_argv(args.socket, params, threads=args.threads, verbose=args.verbose)

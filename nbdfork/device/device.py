@@ -81,6 +81,7 @@ class Device:
         self.reorder = self._make_reorder(config)
         self.faults = FaultInjector(config.faults, self.rng) if config.faults.ops else None
         self.stats = DeviceStats()
+        self.connection_stats: dict[int, DeviceStats] = {}  # the same counters per connection
         self.started = self.clock.now()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -117,7 +118,14 @@ class Device:
             delay = self.latency.delay(_LATENCY_OP[op], request_id, length)
             self.clock.sleep(delay)
 
-    def pread(self, buf: memoryview | bytearray, offset: int) -> None:
+    def _conn(self, connection: int) -> DeviceStats:
+        """The counters of one connection (lock held)."""
+        stats = self.connection_stats.get(connection)
+        if stats is None:
+            stats = self.connection_stats[connection] = DeviceStats()
+        return stats
+
+    def pread(self, buf: memoryview | bytearray, offset: int, connection: int = 0) -> None:
         """Fill `buf` from `offset` after the read latency."""
         request_id = next(self._ids)
         arrival = self.elapsed()
@@ -132,8 +140,9 @@ class Device:
                 self._trace(Record(TraceOp.READ, 0, 0, offset, len(buf), request_id, 0,
                                    arrival, 0.0))  # fmt: skip
         with self._lock:
-            self.stats.reads += 1
-            self.stats.bytes_read += len(buf)
+            for stats in (self.stats, self._conn(connection)):
+                stats.reads += 1
+                stats.bytes_read += len(buf)
 
     def pwrite(self, connection: int, data: memoryview | bytes, offset: int, *, fua: bool) -> None:
         """Check `data` with the oracle, wait the write latency, land it; durable if `fua`."""
@@ -158,6 +167,7 @@ class Device:
             w.arrival_tick = self.oracle.write_arrived(request, data)
         with self._lock:
             self.stats.writes += 1
+            self._conn(connection).writes += 1
         return w
 
     def write_land(self, w: PendingWrite) -> None:
@@ -176,8 +186,9 @@ class Device:
                 flags = FLAG_FUA if w.fua else 0
                 self._record(w, flags, seq, reply, tick)
         with self._lock:
-            self.stats.bytes_written += len(w.data)
-            self.stats.fua_writes += w.fua
+            for stats in (self.stats, self._conn(w.connection)):
+                stats.bytes_written += len(w.data)
+                stats.fua_writes += w.fua
 
     def write_fail(self, w: PendingWrite) -> None:
         """The WRITE failed: nothing of it reaches the media; it leaves the in-flight set."""
@@ -191,6 +202,7 @@ class Device:
                 self._record(w, flags, self._write_seq, reply, tick)
         with self._lock:
             self.stats.write_errors += 1
+            self._conn(w.connection).write_errors += 1
 
     def _oracle_reply(self, w: PendingWrite, *, ok: bool, time: float) -> int:
         """Tell the oracle the write landed or failed (reply lock held); its tick, or 0."""
@@ -225,18 +237,21 @@ class Device:
                 self.reorder.release(request_id)
         with self._lock:
             self.stats.flushes += 1
+            self._conn(connection).flushes += 1
 
     def trim(self, length: int, offset: int, *, fua: bool, connection: int = 0) -> None:
         """Discard a range; it reads back as zeroes."""
         self._discard(TraceOp.TRIM, length, offset, fua=fua, connection=connection)
         with self._lock:
             self.stats.trims += 1
+            self._conn(connection).trims += 1
 
     def zero(self, length: int, offset: int, *, fua: bool, connection: int = 0) -> None:
         """Write zeroes to a range (by discarding it: the store reads holes as zeroes)."""
         self._discard(TraceOp.ZERO, length, offset, fua=fua, connection=connection)
         with self._lock:
             self.stats.zeros += 1
+            self._conn(connection).zeros += 1
 
     def _discard(
         self, op: TraceOp, length: int, offset: int, *, fua: bool, connection: int
@@ -263,6 +278,12 @@ class Device:
         """Record a request without data, stamped with its reply time (reply lock held)."""
         if self.trace is not None:
             self.trace.record(replace(rec, reply=self.elapsed()))
+
+    def connection_counts(self, connection: int) -> dict[str, int]:
+        """The oracle's counts for one connection (zeroes when the oracle is off)."""
+        if self.oracle is None:
+            return {"torn_write": 0, "stale_write": 0, "overlapping_write": 0}
+        return self.oracle.counts(connection)
 
     def counts(self) -> dict[str, int]:
         """The oracle's verdict counts (zeroes when the oracle is off)."""

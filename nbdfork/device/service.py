@@ -2,10 +2,10 @@
 
 summary.json is rewritten (atomically) whenever a client disconnects and when the server
 stops, and events.jsonl is written through per event. A background thread also rewrites the
-summary within a second of any change: nbdkit (1.32) answers SIGTERM with a graceful shutdown
-that waits for clients to leave, and a client that never leaves, or a SIGKILL, must not cost
-the user what was recorded. Every file in the report directory is made through
-nbdfork.files.ReportDir: no link planted there is ever followed.
+summary within a second of any change: nbdkit (1.32) answers SIGTERM by refusing requests
+(ESHUTDOWN) but waits for an idle client to leave, and a client that never leaves, or a
+SIGKILL, must not cost the user what was recorded. Every file in the report directory is
+made through nbdfork.files.ReportDir: no link planted there is ever followed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from nbdfork import __version__
 from nbdfork.config import DeviceConfig
 from nbdfork.device.clock import Clock
-from nbdfork.device.device import Device
+from nbdfork.device.device import Device, DeviceStats
 from nbdfork.errors import ConfigError
 from nbdfork.files import LOG_FILE, ReportDir, validate_paths
 from nbdfork.log import get_logger
@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 SUMMARY_SCHEMA = "nbdfork.summary/1"
+CONNECTION_SCHEMA = "nbdfork.connection/1"
 VERDICTS = ("torn_write", "stale_write", "overlapping_write")
 
 
@@ -67,6 +68,7 @@ class DeviceService:
         self.started_at = dt.datetime.now(dt.UTC)
         self._open = 0
         self._total = 0
+        self._opened: dict[int, tuple[str, float]] = {}  # connection -> (export, device time)
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._closed = False
@@ -93,13 +95,14 @@ class DeviceService:
             if summary != self._last_written:
                 self.write_summary()
 
-    def open_connection(self, *, readonly: bool) -> int:
-        """Register a client connection and return its id."""
+    def open_connection(self, *, readonly: bool, export: str = "") -> int:
+        """Register a client connection (`export`: the NBD export name it asked for)."""
         with self._lock:
             self._open += 1
             self._total += 1
             connection = self._total
-        self._log.info("connect", connection=connection, readonly=readonly)
+            self._opened[connection] = (export, self.device.elapsed())
+        self._log.info("connect", connection=connection, readonly=readonly, export=export)
         return connection
 
     def close_connection(self, connection: int) -> None:
@@ -107,6 +110,7 @@ class DeviceService:
         self.device.close_connection(connection)  # judge the pages it left in pieces
         with self._lock:
             self._open -= 1
+        self.write_connection_report(connection)
         summary = self.write_summary()
         self._log.info("disconnect", connection=connection, counts=summary["counts"])
 
@@ -132,6 +136,39 @@ class DeviceService:
             **device.stats.as_dict(),
         }
 
+    def connection_report(self, connection: int) -> dict[str, object]:
+        """One connection's report: its own counters, export name and device times."""
+        device = self.device
+        counts = device.connection_counts(connection)
+        stamped = counts.pop("stamped_pages", 0)
+        export, opened = self._opened.get(connection, ("", 0.0))
+        stats = device.connection_stats.get(connection)
+        return {
+            "schema": CONNECTION_SCHEMA,
+            "version": __version__,
+            "started": self.started_at.isoformat(),
+            "seed": self.config.seed,
+            "settings": self.config.settings(),
+            "connection": connection,
+            "export": export,
+            "opened_s": round(opened, 6),
+            "closed_s": round(device.elapsed(), 6),
+            "counts": {k: counts.pop(k, 0) for k in VERDICTS},
+            "stamped_pages": stamped,
+            "oracle": counts,
+            **(stats.as_dict() if stats is not None else DeviceStats().as_dict()),
+        }
+
+    def write_connection_report(self, connection: int) -> dict[str, object]:
+        """Write DIR/connection-<n>.json when the connection closes: nobody has to subtract
+        running totals or cut events.jsonl by byte offset to know what one client did."""
+        report = self.connection_report(connection)
+        if self._dir is not None:
+            data = json.dumps(report, indent=2, sort_keys=True) + "\n"
+            with self._write_lock:
+                self._dir.replace(f"connection-{connection}.json", data.encode())
+        return report
+
     def write_summary(self) -> dict[str, object]:
         """Write DIR/summary.json (if there is a report directory) and return the summary."""
         summary = self.summary()
@@ -149,9 +186,11 @@ class DeviceService:
                 return
             self._closed = True
         self._stop.set()
+        # The device first: its close judges what clients left in pieces (events) and ends the
+        # trace, and the final summary must count both.
+        self.device.close()
         summary = self.write_summary()
         self._events.close()
-        self.device.close()
         if self._dir is not None:
             self._dir.close()
         self._log.info("shutdown", writes=summary["writes"], counts=summary["counts"])

@@ -7,6 +7,7 @@ reaches the OS as soon as it is emitted: a run whose nbdkit dies still leaves ev
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -23,15 +24,21 @@ VERDICTS = ("torn_write", "stale_write", "overlapping_write", "lost_write")
 
 
 class EventLog:
-    """A thread-safe EventSink appending one JSON line per event to `path`."""
+    """A thread-safe EventSink appending one JSON line per event to `path`.
 
-    def __init__(self, path: str | Path) -> None:
+    Given `fd` (a file the caller created safely, see nbdfork.files), it writes there; else it
+    opens `path` itself, mode 0640, never through a symbolic link.
+    """
+
+    def __init__(self, path: str | Path, *, fd: int | None = None) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            self._file: TextIO | None = self.path.open("a", buffering=1, encoding="utf-8")
+            fd = os.open(self.path, flags, 0o640) if fd is None else fd
         except OSError as e:
             raise OracleError(f"{self.path}: cannot open the event log: {e.strerror}") from e
+        self._file: TextIO | None = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
 
     def emit(self, event: Mapping[str, object]) -> None:
         """Append `event` as one line, written through to the OS before returning."""
@@ -103,4 +110,4 @@ def summarize(events: Iterable[Mapping[str, object]]) -> dict[str, object]:
 
 def _key(stream: str) -> tuple[int, str]:
     """Sort streams numerically when they are numbers."""
-    return (int(stream), "") if stream.isdigit() else (1 << 64, stream)
+    return (int(stream), "") if stream.isascii() and stream.isdigit() else (1 << 64, stream)

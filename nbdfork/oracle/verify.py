@@ -220,6 +220,7 @@ class Oracle:
         self._assembling: dict[int, _Assembly] = {}  # anchor sector -> page in pieces
         self._counts: Counter[str] = Counter({name: 0 for name in COUNTED})
         self._writes = self._stamped = self._valid = 0  # per-WRITE tallies, kept out of _counts
+        self._by_conn: dict[int, Counter[str]] = {}  # every count again, per connection
         self._tick = 0
 
     def write_arrived(self, req: WriteRequest, data: Buffer) -> int:
@@ -250,10 +251,15 @@ class Oracle:
             flight = (req, valid, first, end, whole, pieces)
             in_flight[req.request_id] = _new_tuple(InFlight, flight)
             self._writes += 1
+            conn = self._conn(req.connection)
+            conn["writes"] += 1
             if stamps.stamped:
                 self._stamped += stamps.stamped
                 self._valid += len(stamps.valid)
                 self._counts["torn_pages"] += len(stamps.torn)
+                conn["stamped_pages"] += stamps.stamped
+                conn["valid_pages"] += len(stamps.valid)
+                conn["torn_pages"] += len(stamps.torn)
             if events:  # emitted under the lock: events.jsonl follows the oracle's history
                 self._count_events(events)
                 self._emit(events)
@@ -273,8 +279,10 @@ class Oracle:
             flight = self._in_flight.pop(request_id, None)
             if flight is None:
                 self._counts["unknown_replies"] += 1
+                self._conn(0)["unknown_replies"] += 1
             elif not ok:
                 self._counts["failed_writes"] += 1
+                self._conn(flight.req.connection)["failed_writes"] += 1
             elif flight.valid or flight.whole or flight.pieces:
                 events = self._land(flight, time)
             if events:  # emitted under the lock: events.jsonl follows the oracle's history
@@ -325,15 +333,20 @@ class Oracle:
         decoded = decode_page(data)
         if decoded.status is PageStatus.UNSTAMPED:
             return []
+        conn = self._conn(req.connection)
         if phase == "disconnect" and not _evidence(data, page.stream, page.page):
             self._counts["incomplete_pages"] += 1
+            conn["incomplete_pages"] += 1
             return []
         self._stamped += 1
+        conn["stamped_pages"] += 1
         assert decoded.stream is not None and decoded.page is not None
         if decoded.status is PageStatus.TORN:
             self._counts["torn_pages"] += 1
+            conn["torn_pages"] += 1
             return validate_torn(req, [(anchor * SECTOR_SIZE, decoded)], phase=phase)
         self._valid += 1
+        conn["valid_pages"] += 1
         assert decoded.generation is not None
         key, gen = (anchor, decoded.stream, decoded.page), decoded.generation
         newer = self._replied.get(key, -1)
@@ -373,9 +386,21 @@ class Oracle:
         self._tick += 1
         return self._tick
 
-    def counts(self) -> dict[str, int]:
-        """Events per verdict, plus writes, stamped/valid/torn pages, failed writes."""
+    def _conn(self, connection: int) -> Counter[str]:
+        """The counts of one connection (lock held)."""
+        counts = self._by_conn.get(connection)
+        if counts is None:
+            counts = self._by_conn[connection] = Counter()
+        return counts
+
+    def counts(self, connection: int | None = None) -> dict[str, int]:
+        """Events per verdict, plus writes, stamped/valid/torn pages, failed writes: of the
+        whole device, or of one connection (whose `assembling_pages` are the device's)."""
         with self._lock:
+            if connection is not None:
+                counts = {name: 0 for name in COUNTED} | dict(self._conn(connection))
+                counts["assembling_pages"] = len(self._assembling)
+                return counts
             counts = dict(self._counts)
             counts.update(writes=self._writes, stamped_pages=self._stamped)
             counts["valid_pages"] = self._valid
@@ -391,6 +416,7 @@ class Oracle:
         """Count verdicts by kind (lock held)."""
         for e in events:
             self._counts[str(e["event"])] += 1
+            self._conn(int(e["connection"]))[str(e["event"])] += 1  # type: ignore[call-overload]
 
     def _emit(self, events: list[Event]) -> None:
         """Hand the events to the sink, in order."""

@@ -1,72 +1,91 @@
-"""The guest's one nbdkit: starting it with the plugin, and cutting its report per connection.
+"""The device of a plan: the guest's nbdkit, and each run's share of the device's report.
 
-The plugin writes one events.jsonl (appended per event) and rewrites summary.json (cumulative
-counters) at every client disconnect. A plan's runs are successive connections, so a run's
-share is the events appended since the previous cut and the counters' difference since the
-previous summary.
+Each run is one NBD connection whose export name is the run id. When a connection closes the
+plugin writes its own report, DIR/connection-<n>.json (the counters of that connection, its
+export name and the device time it opened); every event in DIR/events.jsonl names its
+connection. A run's summary.json and events.jsonl are cut from those, wherever the device ran.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from nbdfork import nbdkit as launch
 from nbdfork.vm.plan import Plan
 from nbdfork.vm.steps import DEFAULT_TIMEOUTS, StepError, terminate, write_json
 
-__all__ = ["DeviceServer", "nbdkit_argv", "split_summary"]
-
-_SUMMARY_SKIP = frozenset(
-    {
-        "seed",
-        "seed_given",
-        "connections",
-        "duration_s",
-        "schema",
-        "version",
-        "started",
-        "settings",
-        "size",
-    }
-)
+__all__ = ["DeviceServer", "collect_run", "connection_report", "nbdkit_argv"]
 
 
-def nbdkit_argv(plan: Plan, report: Path) -> list[str]:
-    """nbdkit serving the plugin on the plan's socket, exiting with its parent."""
+def nbdkit_argv(plan: Plan, report: Path, socket: str | None = None) -> list[str]:
+    """nbdkit serving the plugin on `socket` (the plan's, in the guest), exiting with its
+    parent."""
     params = {"size": "512M", **plan.device, "report": str(report)}
-    return [
-        "nbdkit",
-        "--unix",
-        plan.socket,
-        "--foreground",
-        "--exit-with-parent",
-        "python",
-        plan.plugin,
-        *(f"{k}={v}" for k, v in params.items()),
-    ]
+    return launch.plugin_argv(params, unix=socket or plan.socket, plugin=plan.plugin)
 
 
-def split_summary(previous: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
-    """One connection's summary: counters of `current` minus `previous`, settings kept."""
-    out: dict[str, Any] = {}
-    for key, value in current.items():
-        before = previous.get(key)
-        if key in _SUMMARY_SKIP:
-            out[key] = value
-        elif isinstance(value, Mapping):
-            out[key] = split_summary(before if isinstance(before, Mapping) else {}, value)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[key] = value - (before if isinstance(before, int | float) else 0)
-        else:
-            out[key] = value
-    return out
+def connection_report(report: Path, export: str) -> dict[str, Any] | None:
+    """The report of the last connection named `export` (None if there is none yet)."""
+    found: dict[str, Any] | None = None
+    for path in sorted(report.glob("connection-*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or data.get("export") != export:
+                continue
+            if found is None or int(data["connection"]) > int(found["connection"]):
+                found = data
+    return found
+
+
+def collect_run(
+    report: Path, run_id: str, run_dir: Path, record: Mapping[str, Any], *, timeout: float
+) -> dict[str, Any]:
+    """Write the run's summary.json (its connection's report) and events.jsonl (the events
+    naming that connection, each with `run_time_s` since the workload started); waits up to
+    `timeout` for the connection's report. StepError if it never comes."""
+    deadline = time.monotonic() + timeout
+    while (summary := connection_report(report, run_id)) is None:
+        if time.monotonic() > deadline:
+            raise StepError("summary", f"no report of connection {run_id!r} in {timeout:g} s")
+        time.sleep(0.05)
+    connection = int(summary["connection"])
+    origin = _workload_origin(summary, record)
+    count = 0
+    with (run_dir / "events.jsonl").open("w", encoding="utf-8") as out:
+        for raw in _lines(report / "events.jsonl"):
+            event = json.loads(raw)
+            if isinstance(event, dict) and event.get("connection") == connection:
+                if origin is not None and isinstance(event.get("time"), int | float):
+                    event["run_time_s"] = round(float(event["time"]) - origin, 6)
+                out.write(json.dumps(event, separators=(",", ":")) + "\n")
+                count += 1
+    summary["run_split"] = {"connection": connection, "events": count,
+                            "device_report": str(report)}  # fmt: skip
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _lines(path: Path) -> list[bytes]:
+    with contextlib.suppress(FileNotFoundError):
+        data = path.read_bytes()
+        return [line for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]
+    return []
+
+
+def _workload_origin(summary: Mapping[str, Any], record: Mapping[str, Any]) -> float | None:
+    """The workload's start on the device clock: the connection opened at `opened_s`, and the
+    guest measured the time from its connect to the workload start on its own clock."""
+    opened = summary.get("opened_s")
+    connected, started = record.get("connected_wall"), record.get("workload_wall")
+    if not all(isinstance(v, int | float) for v in (opened, connected, started)):
+        return None
+    return float(opened) + float(started) - float(connected)  # type: ignore[arg-type]
 
 
 class DeviceServer:
@@ -84,29 +103,14 @@ class DeviceServer:
     def start(self) -> None:
         """Start nbdkit (it loads the plugin in the background of whatever we do next)."""
         self.report.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.plan.socket)
-        # The plugin finds the venv itself (VIRTUAL_ENV); our own PYTHONPATH would put the venv
-        # before nbdkit's standard library.
-        inherited = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env = dict(
-            inherited,
-            VIRTUAL_ENV=self.plan.venv,
-            PYTHONDONTWRITEBYTECODE="1",
-            OPENBLAS_NUM_THREADS="1",
-            OMP_NUM_THREADS="1",
-        )
         argv = nbdkit_argv(self.plan, self.report)
         self._log(f"$ {' '.join(argv)} &")
-        stderr = (self.report / "nbdkit.log").open("ab")
         try:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, env=env
+            self.proc = launch.start(
+                argv, log=self.report / "nbdkit.log", env=launch.plugin_env(self.plan.venv)
             )
-        except OSError as exc:
-            raise StepError("nbdkit", f"cannot run nbdkit: {exc.strerror}") from exc
-        finally:
-            stderr.close()
+        except launch.NbdkitError as exc:
+            raise StepError("nbdkit", str(exc)) from exc
 
     def wait_ready(self) -> None:
         """Wait for the socket; StepError if nbdkit exits or the timeout passes."""
@@ -128,53 +132,10 @@ class DeviceServer:
                 tail = lines[-1] if lines else ""
             raise StepError("nbdkit", f"exited with status {self.proc.returncode}: {tail[:200]}")
 
-    def _read_summary(self) -> dict[str, Any] | None:
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads((self.report / "summary.json").read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else None
-        return None
-
-    def cut(self, run_dir: Path, workload_wall: float | None) -> dict[str, Any]:
-        """After a disconnect: wait for the summary of that connection, then write the run's
-        summary.json (its counters only) and events.jsonl (its events only, each with
-        `run_time_s`: seconds since the workload started, when `workload_wall` is known)."""
-        seen = int(self._summary.get("connections", 0))
-        timeout = self._timeouts["summary"]
-        deadline = time.monotonic() + timeout
-        while True:
-            current = self._read_summary()
-            if current is not None and int(current.get("connections", 0)) > seen:
-                break
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise StepError("summary", f"no summary.json for the connection in {timeout:g} s")
-            time.sleep(0.05)
-        run_summary = split_summary(self._summary, current)
-        origin = _device_time(current, workload_wall)
-        start, end = self._cut_events(run_dir / "events.jsonl", origin)
-        run_summary["run_split"] = {
-            "connection": int(current.get("connections", 0)),
-            "events_bytes": [start, end],
-            "device_report": str(self.report),
-        }
-        write_json(run_dir / "summary.json", run_summary)
-        self._summary = current
-        return run_summary
-
-    def _cut_events(self, dest: Path, time_origin: float | None) -> tuple[int, int]:
-        """Copy the device's new events to `dest`, each with `run_time_s` since the workload."""
-        src = self.report / "events.jsonl"
-        start = self._events_offset
-        data = b""
-        with contextlib.suppress(FileNotFoundError), src.open("rb") as f:
-            f.seek(start)
-            data = f.read()
-        end = start + data.rfind(b"\n") + 1  # a partial last line belongs to the next cut
-        with dest.open("w", encoding="utf-8") as out:
-            for raw in data[: end - start].splitlines():
-                out.write(_with_run_time(raw, time_origin) + "\n")
-        self._events_offset = end
-        return start, end
+    def collect(self, run_id: str, run_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The run's summary.json and events.jsonl, from its connection's report."""
+        self.check_alive()
+        return collect_run(self.report, run_id, run_dir, record, timeout=self._timeouts["summary"])
 
     def stop(self) -> int | None:
         """SIGTERM nbdkit (it writes its final summary) and wait; the exit status or None."""
@@ -184,26 +145,3 @@ class DeviceServer:
         return self.proc.returncode
 
 
-def _device_time(summary: Mapping[str, Any], wall: float | None) -> float | None:
-    """`wall` (time.time()) on the device clock: seconds since the summary's `started`."""
-    started = summary.get("started")
-    if wall is None or not isinstance(started, str):
-        return None
-    with contextlib.suppress(ValueError):
-        return wall - dt.datetime.fromisoformat(started).timestamp()
-    return None
-
-
-def _with_run_time(raw: bytes, origin: float | None) -> str:
-    """An event line with `run_time_s` (device time minus the workload start) added."""
-    text = raw.decode("utf-8", "replace")
-    if origin is None:
-        return text
-    try:
-        event = json.loads(text)
-    except ValueError:
-        return text
-    if isinstance(event, dict) and isinstance(event.get("time"), int | float):
-        event["run_time_s"] = round(float(event["time"]) - origin, 6)
-        return json.dumps(event, separators=(",", ":"))
-    return text

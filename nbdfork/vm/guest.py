@@ -27,8 +27,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from nbdfork.vm.device import DeviceServer, nbdkit_argv, split_summary
-from nbdfork.vm.plan import Plan, RunSpec
+from nbdfork.errors import ConfigError
+from nbdfork.vm.device import DeviceServer, nbdkit_argv
+from nbdfork.vm.hostdevice import GUEST_SYSCTLS_FILE
+from nbdfork.vm.plan import CONNECTS_PER_RUN, Plan, RunSpec
 from nbdfork.vm.steps import DEFAULT_TIMEOUTS, StepError, run_step, write_json
 
 __all__ = [
@@ -44,13 +46,20 @@ __all__ = [
     "nbd_client_argv",
     "nbdkit_argv",
     "run_step",
-    "split_summary",
 ]
 
 MARKER = "@@nbdfork "
 """Prefix of a progress line on the guest's stdout (the host finds it anywhere in a line)."""
 
-_CONNECT_ATTEMPTS = 3
+GUEST_ADDR = "10.0.2.15"
+RECORDED_SYSCTLS = (
+    "net.core.wmem_default", "net.core.wmem_max", "net.core.rmem_default", "net.core.rmem_max",
+    "net.ipv4.tcp_wmem", "net.ipv4.tcp_rmem", "net.ipv4.tcp_notsent_lowat",
+    "vm.dirty_ratio", "vm.dirty_background_ratio", "vm.dirty_expire_centisecs",
+    "vm.dirty_writeback_centisecs",
+)  # fmt: skip
+"""Read back after the plan's sysctls are set and recorded in report.json: the socket buffers
+that shape the tear window, and the writeback timers."""
 
 
 def _now() -> str:
@@ -89,10 +98,12 @@ class Reporter:
         self._log.close()
 
 
-def nbd_client_argv(socket: str, device: str) -> list[str]:
-    """nbd-client on a unix socket, 4 KiB blocks, one connection, no request timeout (a timeout
-    would resend requests, and resends are stale writes the kernel did not mean)."""
-    return ["nbd-client", "-unix", socket, device, "-b", "4096"]
+def nbd_client_argv(target: list[str], device: str, *, export: str = "") -> list[str]:
+    """nbd-client to `target` (["-unix", SOCKET] or [HOST, PORT]), 4 KiB blocks, one
+    connection, no request timeout (a timeout would resend requests, and resends are stale
+    writes the kernel did not mean); `export` is the NBD export name."""
+    name = ["-N", export] if export else []
+    return ["nbd-client", *name, *target, device, "-b", "4096"]
 
 
 def _proc_cpu_s(pid: int | str) -> float:
@@ -160,13 +171,19 @@ class GuestRunner:
         self.sys_root = sys_root
         self.block = sys_root / "block" / self.dev.name
         self.queue = self.block / "queue"
+        self.host_device = plan.device_location == "host"
+        self._connects = 0  # nbd-client attempts so far: each one uses up a host forward
 
     def prepare(self) -> None:
-        """Modules, then nbdkit starting while this process imports the workloads (numpy)."""
+        """Modules and, for a device in the guest, nbdkit starting while this process imports
+        the workloads (numpy); for a device on the host, the network that leads to it."""
         self._link_modules()
         log = self.reporter.log
         self._apply_sysctls(log)  # before nbd-client creates its socket
-        self.server.start()  # first: loading the plugin is the longest step
+        if self.host_device:
+            self._network_up(log)
+        else:
+            self.server.start()  # first: loading the plugin is the longest step
         run_step(log, "modprobe", ["modprobe", "nbd", "nbds_max=2"], self.timeouts["modprobe"])
         fs = sorted({r.fs for r in self.plan.runs})
         if fs:
@@ -174,7 +191,22 @@ class GuestRunner:
         # Heavy (numpy): imported now so that it overlaps with nbdkit loading the plugin.
         import nbdfork.workloads  # noqa: F401, PLC0415
 
-        self.server.wait_ready()
+        if not self.host_device:
+            self.server.wait_ready()
+
+    def _network_up(self, log: Callable[[str], None]) -> None:
+        """The one interface of qemu's restricted user network, configured by hand (vng's
+        --exec mode runs no DHCP): 10.0.2.15/24, the host's forwards at 10.0.2.100."""
+        run_step(log, "modprobe", ["modprobe", "virtio_net"], self.timeouts["modprobe"])
+        net = self.sys_root / "class" / "net"
+        deadline = time.monotonic() + self.timeouts["sysfs"]
+        while not (devices := sorted(d.name for d in net.iterdir() if d.name != "lo")):
+            if time.monotonic() > deadline:
+                raise StepError("network", "no network interface appeared (virtio_net)")
+            time.sleep(0.05)
+        dev, t = devices[0], self.timeouts["connect"]
+        run_step(log, "network", ["ip", "link", "set", dev, "up"], t)
+        run_step(log, "network", ["ip", "addr", "add", f"{GUEST_ADDR}/24", "dev", dev], t)
 
     def _apply_sysctls(self, log: Callable[[str], None]) -> None:
         """The plan's sysctls, e.g. net.core.wmem_default (the nbd socket's send buffer)."""
@@ -186,6 +218,12 @@ class GuestRunner:
             except OSError as exc:
                 raise StepError("sysctl", f"{key}: {exc.strerror}") from exc
             log(f"sysctl {key}={value} (reads {got})")
+        values = {}
+        for key in RECORDED_SYSCTLS:
+            with contextlib.suppress(OSError):
+                path = self.sys_root.parent / "proc" / "sys" / key.replace(".", "/")
+                values[key] = " ".join(path.read_text().split())
+        write_json(self.out / GUEST_SYSCTLS_FILE, values)
 
     def _link_modules(self) -> None:
         """A user kernel's module tree, seen at /lib/modules/RELEASE (the guest's /lib is an
@@ -253,12 +291,13 @@ class GuestRunner:
         try:
             if self.wedged:
                 raise StepError("skipped", f"nbd device unusable since {self.wedged}")
-            self.server.check_alive()
+            if not self.host_device:
+                self.server.check_alive()
             connected, mounted = self._setup(spec, record, log)
             durations["setup_s"] = round(time.monotonic() - phase_start, 3)
             self.reporter.emit("workload-start", id=spec.id)
             phase_start = time.monotonic()
-            origin = time.time()
+            origin = record["workload_wall"] = time.time()
             self._workload(spec, run_dir, record, log)
             durations["workload_s"] = round(time.monotonic() - phase_start, 3)
         except StepError as exc:
@@ -276,7 +315,8 @@ class GuestRunner:
         self, spec: RunSpec, record: dict[str, Any], log: Callable[[str], None]
     ) -> tuple[bool, bool]:
         t = self.timeouts
-        self._connect(log)
+        self._connect(spec, log)
+        record["connected_wall"] = time.time()
         self._wait_size(log)
         # stable_writes is copied into the superblock at mount: it must be set before mkfs/mount.
         got = _sysfs_write(self.queue / "stable_writes", spec.stable_writes)
@@ -301,18 +341,25 @@ class GuestRunner:
             raise StepError("stable_writes", f"reads {after} after mount, wanted {wanted}")
         return True, True
 
-    def _connect(self, log: Callable[[str], None]) -> None:
+    def _connect(self, spec: RunSpec, log: Callable[[str], None]) -> None:
         """nbd-client, retried: the device of the previous run can still be held for a moment
-        after its disconnect ("Failed to setup device")."""
-        argv = nbd_client_argv(self.plan.socket, self.plan.nbd_device)
-        for attempt in range(1, _CONNECT_ATTEMPTS + 1):
+        after its disconnect ("Failed to setup device"). The export name is the run id: the
+        device names the connection's report after it."""
+        for attempt in range(1, CONNECTS_PER_RUN + 1):
+            try:
+                target = self.plan.connect_target(self._connects)
+            except ConfigError as exc:
+                raise StepError("connect", str(exc)) from None
+            self._connects += 1
+            argv = nbd_client_argv(target, self.plan.nbd_device, export=spec.id)
             try:
                 run_step(log, "connect", argv, self.timeouts["connect"])
                 return
             except StepError:
-                if attempt == _CONNECT_ATTEMPTS:
+                if attempt == CONNECTS_PER_RUN:
                     raise
-                self.server.check_alive()
+                if not self.host_device:
+                    self.server.check_alive()
                 time.sleep(attempt * 0.5)
 
     def _wait_released(self, log: Callable[[str], None]) -> None:
@@ -363,7 +410,7 @@ class GuestRunner:
             **options,
         )
         log(f"workload {spec.workload} {config.as_dict()}")
-        nbdkit = self.server.proc.pid if self.server.proc else None
+        nbdkit = self.server.proc.pid if self.server.proc and not self.host_device else None
         before = cpu_sample(nbdkit)
         try:
             result = run_workload(spec.workload, config)
@@ -407,10 +454,10 @@ class GuestRunner:
                 self.wedged = f"{spec.id} ({exc})"
                 self._fail(record, exc, log)
                 return
-        if connected:
+        if connected and not self.host_device:  # a host device's reports are the host's
             try:
-                split = self.server.cut(run_dir, origin)
-                record["connection"] = split["run_split"]["connection"]
+                split = self.server.collect(spec.id, run_dir, record)
+                record["connection"] = split["connection"]
             except StepError as exc:
                 self._fail(record, exc, log)
 

@@ -18,7 +18,10 @@ from typing import Any
 from nbdfork.errors import ConfigError
 
 __all__ = [
+    "CONNECTS_PER_RUN",
     "FILESYSTEMS",
+    "FIRST_PORT",
+    "GUEST_FORWARD_ADDR",
     "MKFS",
     "MOUNT_OPTIONS",
     "PLAN_SCHEMA",
@@ -43,6 +46,10 @@ FILESYSTEMS = tuple(MKFS)
 MOUNT_OPTIONS: dict[str, list[str]] = {"ext4": ["noinit_itable"], "xfs": [], "btrfs": []}
 """ext4 would otherwise zero its lazily initialised inode tables from a kernel thread during the
 workload: writes and CPU that are not the experiment's."""
+GUEST_FORWARD_ADDR = "10.0.2.100"
+"""The address in qemu's user network whose ports lead to the host device's unix socket."""
+FIRST_PORT = 10809
+CONNECTS_PER_RUN = 3  # nbd-client attempts a run may make; each one uses up a forward
 _STREAMS_PER_RUN = 64  # a run's writer threads use streams base .. base+63
 
 
@@ -108,7 +115,19 @@ class Plan:
     mountpoint: str = "/tmp/nbdfork-mnt"
     socket: str = "/tmp/nbdfork-nbd.sock"
     timeouts: dict[str, float] = field(default_factory=dict)
+    device_location: str = "guest"  # "host": nbdkit on the host, reached over qemu user net
+    nbd_host: str = GUEST_FORWARD_ADDR
+    nbd_ports: list[int] = field(default_factory=list)  # one guestfwd per NBD connection
     schema: str = PLAN_SCHEMA
+
+    def connect_target(self, attempt: int) -> list[str]:
+        """nbd-client's address arguments for connection attempt `attempt` (0-based, counted
+        over the whole plan): a host device's forwards each carry ONE connection."""
+        if self.device_location == "host":
+            if attempt >= len(self.nbd_ports):
+                raise ConfigError("plan", f"no forward left for connection attempt {attempt + 1}")
+            return [self.nbd_host, str(self.nbd_ports[attempt])]
+        return ["-unix", self.socket]
 
     def to_json(self) -> str:
         """plan.json text."""

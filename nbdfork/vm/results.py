@@ -45,6 +45,8 @@ def outcome_of(
     result: Mapping[str, Any] | None,
     verdicts: Mapping[str, int],
     missing: tuple[Outcome, str] | None = None,
+    *,
+    has_summary: bool = True,
 ) -> tuple[Outcome, str | None]:
     """The run's outcome and error from its result.json and verdict counts; `missing` says
     what became of a run that left no result (the VM was lost, the guest failed before it)."""
@@ -52,6 +54,8 @@ def outcome_of(
         return missing or (Outcome.HARNESS_ERROR, "the guest left no result for this run")
     if result.get("status") != "ok":
         return Outcome.HARNESS_ERROR, str(result.get("error") or "failed")
+    if not has_summary:
+        return Outcome.HARNESS_ERROR, "the device left no report for this run's connection"
     if any(verdicts.values()):
         return Outcome.VIOLATIONS, None
     return Outcome.PASSED, None
@@ -68,11 +72,12 @@ def run_record(
     """One entry of report.json's `runs`, from the run's directory."""
     run_dir = out / "runs" / spec.id
     result = _read_json(run_dir / "result.json")
-    summary = _read_json(run_dir / "summary.json") or {}
+    found = _read_json(run_dir / "summary.json")
+    summary = found or {}
     workload = _read_json(run_dir / "workload.json") or {}
     counts = summary.get("counts") or {}
     verdicts = {k: int(counts.get(v, 0)) for k, v in _VERDICT_KEYS.items()}
-    outcome, error = outcome_of(result, verdicts, missing)
+    outcome, error = outcome_of(result, verdicts, missing, has_summary=found is not None)
     durations = (result or {}).get("durations") or {}
     latency = workload.get("writer_latency_ms") or dict.fromkeys(("p50", "p99", "p999", "max"))
     return {

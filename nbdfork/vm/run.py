@@ -36,6 +36,7 @@ __all__ = [
     "VMConfig",
     "VMRun",
     "find_vng",
+    "forward_opts",
     "guest_argv",
     "parse_marker",
     "run_vm",
@@ -106,6 +107,21 @@ class VMConfig:
     cpus: int = 2
     memory: str = "2G"
     vng: str = "vng"
+    qemu_opts: tuple[str, ...] = ()
+
+
+def forward_opts(socket: Path, ports: list[int], addr: str) -> tuple[str, ...]:
+    """qemu arguments for the guest's one network: user mode with `restrict=on` (the guest
+    reaches nothing, the host opens no port) and one `guestfwd` per NBD connection, each into
+    the device's unix socket. A guestfwd's chardev is connected once, when qemu starts, and
+    carries one TCP session: a second nbd-client through the same forward hangs in
+    negotiation, so every connection the plan may make gets its own port."""
+    text = str(socket)
+    if any(c in text for c in ", \t\n"):
+        raise VMError(f"{socket}: a socket path for qemu must not contain commas or spaces")
+    forwards = "".join(f",guestfwd=tcp:{addr}:{port}-unix:{text}" for port in ports)
+    netdev = f"user,id=nbdnet,restrict=on{forwards}"
+    return ("-netdev", netdev, "-device", "virtio-net-pci,netdev=nbdnet")
 
 
 def vm_timeouts(accel: Accel) -> dict[str, float]:
@@ -172,6 +188,8 @@ def vng_argv(config: VMConfig, rwdir: Path, command: list[str]) -> list[str]:
     ]
     if config.accel == "tcg":
         argv.append("--disable-kvm")
+    # vng splits a --qemu-opts value on spaces: one option per argument keeps paths whole.
+    argv += [f"--qemu-opts={opt}" for opt in config.qemu_opts]
     return [*argv, "--exec", shlex.join(command)]
 
 

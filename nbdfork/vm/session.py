@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import compileall
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -23,6 +24,8 @@ from typing import Any
 
 from nbdfork.config import parse_params
 from nbdfork.errors import ConfigError, NbdforkError
+from nbdfork.vm.hostdevice import HostDevice
+from nbdfork.vm.hostdevice import read_sysctls as _read_sysctls
 from nbdfork.vm.kernel import (
     Accel,
     Kernel,
@@ -31,20 +34,38 @@ from nbdfork.vm.kernel import (
     needed_modules,
     validate_kernel,
 )
-from nbdfork.vm.plan import FILESYSTEMS, Plan, build_runs, derive_seed, new_seed
+from nbdfork.vm.plan import (
+    CONNECTS_PER_RUN,
+    FILESYSTEMS,
+    FIRST_PORT,
+    Plan,
+    build_runs,
+    derive_seed,
+    new_seed,
+)
 from nbdfork.vm.results import build_report, tool_versions, write_report
 from nbdfork.vm.run import (
     Outcome,
     VMConfig,
     VMRun,
     find_vng,
+    forward_opts,
     guest_argv,
     run_vm,
     vm_timeouts,
     vng_argv,
 )
 
-__all__ = ["DEFAULT_DEVICE", "DEFAULT_SYSCTLS", "PROJECT", "RunOptions", "RunSession", "render"]
+__all__ = [
+    "DEFAULT_DEVICE",
+    "DEFAULT_HOST_SYSCTLS",
+    "DEFAULT_SYSCTLS",
+    "DEVICE_LOCATIONS",
+    "PROJECT",
+    "RunOptions",
+    "RunSession",
+    "render",
+]
 
 PROJECT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_DEVICE: dict[str, str] = {"size": "512M", "write-latency": "2ms"}
@@ -59,6 +80,12 @@ as long as the server takes to read, not one memcpy. With Linux's default (21299
 the writer's copy to race nbd's memcpy of the page: 0-2 tears per 10 s on a loaded 2-core TCG
 host, against ~50 with 4608 (ext4, pwrite). `--sysctl net.core.wmem_default=212992` restores the
 default; --no-vm sets no sysctl unless asked."""
+
+DEFAULT_HOST_SYSCTLS: dict[str, str] = {"net.ipv4.tcp_wmem": "4096 4096 4096"}
+"""Guest sysctls when the device runs on the host: see docs/tear-window.md."""
+DEVICE_LOCATIONS = ("host", "guest")
+TRANSPORT_HOST = "tcp: guest nbd-client -> qemu user net (restrict=on) guestfwd -> unix socket"
+TRANSPORT_GUEST = "unix socket inside the guest"
 
 _WORKLOADS = ("pwrite", "mmap", "odirect")
 _WORKLOAD_KNOBS = frozenset({"pages", "threads", "kick", "kick_interval_s", "max_writes"})
@@ -84,6 +111,8 @@ class RunOptions:
     accel: str = "auto"
     cpus: int = 2
     memory: str = "2G"
+    device_location: str = "host"
+    nbdkit_threads: int | None = None
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad option."""
@@ -97,6 +126,10 @@ class RunOptions:
             raise ConfigError("--seed", f"{self.seed} must be in [0, 2**32)")
         if not 1 <= self.cpus <= 64:
             raise ConfigError("--cpus", f"{self.cpus} must be in [1, 64]")
+        if self.device_location not in DEVICE_LOCATIONS:
+            raise ConfigError("--device-location", f"{self.device_location!r} is not host or guest")
+        if self.nbdkit_threads is not None and not 1 <= self.nbdkit_threads <= 1024:
+            raise ConfigError("--nbdkit-threads", f"{self.nbdkit_threads} must be in [1, 1024]")
         if self.no_vm and (self.kernel or self.modules):
             raise ConfigError("--no-vm", "runs this host's kernel: --kernel/--modules do not apply")
         unknown = sorted(set(self.workload_options) - _WORKLOAD_KNOBS)
@@ -182,6 +215,7 @@ class RunSession:
         self.accel_reason = ""
         self.plan: Plan | None = None
         self.vm: VMRun | None = None
+        self.host: HostDevice | None = None
         self.render_problem: str | None = None
 
     def prepare(self) -> Plan:
@@ -216,13 +250,28 @@ class RunSession:
             modules_dir=str(opts.modules) if opts.modules else None,
             mkfs_each_run=opts.mkfs_each_run,
             sysctls=self.guest_sysctls(),
+            device_location=self.device_location,
+        )
+        ports = len(self.plan.runs) * CONNECTS_PER_RUN if self.device_location == "host" else 0
+        self.plan = dataclasses.replace(
+            self.plan, nbd_ports=[FIRST_PORT + i for i in range(ports)]
         )
         self.plan.write(out / "plan.json")
         return self.plan
 
+    @property
+    def device_location(self) -> str:
+        """Where nbdkit runs: `host` (default), or `guest` (in the VM, or --no-vm's host)."""
+        return "guest" if self.options.no_vm else self.options.device_location
+
     def guest_sysctls(self) -> dict[str, str]:
         """The sysctls the guest sets: the defaults (VM only) with the options' on top."""
-        base = {} if self.options.no_vm else dict(DEFAULT_SYSCTLS)
+        if self.options.no_vm:
+            base: dict[str, str] = {}
+        elif self.device_location == "host":
+            base = dict(DEFAULT_HOST_SYSCTLS)
+        else:
+            base = dict(DEFAULT_SYSCTLS)
         return {**base, **(self.options.sysctls or {})}
 
     def execute(self) -> dict[str, Any]:
@@ -233,12 +282,16 @@ class RunSession:
         started_at = dt.datetime.now(dt.UTC)
         started = time.monotonic()
         _precompile()
-        self.vm = run_vm(
-            self._argv(plan),
-            log_path=out / "vm.log",
-            timeouts=self._timeouts(),
-            on_event=self.on_event,
-        )
+        with HostDevice.maybe(plan, self.options.nbdkit_threads) as host:
+            self.host = host
+            self.vm = run_vm(
+                self._argv(plan),
+                log_path=out / "vm.log",
+                timeouts=self._timeouts(),
+                on_event=self.on_event,
+            )
+        if host is not None:
+            host.collect_runs()
         report = build_report(
             plan,
             kernel=self._kernel_release(),
@@ -260,7 +313,11 @@ class RunSession:
             return command
         assert self.kernel is not None and self.accel in ("kvm", "tcg")
         accel: Accel = "kvm" if self.accel == "kvm" else "tcg"
-        config = VMConfig(self.kernel, accel, self.options.cpus, self.options.memory, find_vng())
+        qemu_opts: tuple[str, ...] = ()
+        if self.host is not None:
+            qemu_opts = forward_opts(self.host.socket, plan.nbd_ports, plan.nbd_host)
+        config = VMConfig(self.kernel, accel, self.options.cpus, self.options.memory, find_vng(),
+                          qemu_opts)  # fmt: skip
         return vng_argv(config, Path(plan.out), command)
 
     def _timeouts(self) -> dict[str, float]:
@@ -292,7 +349,9 @@ class RunSession:
             if "start" in m and "end" in m:
                 overhead.append(round(m["end"] - m["start"] - spec.seconds, 3))
         ready = marks.get("ready", marks.get("exit", 0.0))
+        host_start = self.host.start_s if self.host is not None else 0.0
         return {
+            "host_device_start_s": round(host_start, 3),
             "boot_s": round(ready, 3),
             "per_config_overhead_s": overhead,
             "vm_boot_s": round(marks["hello"], 3) if "hello" in marks else None,
@@ -301,8 +360,13 @@ class RunSession:
         }
 
     def _extra(self) -> dict[str, Any]:
+        host = self.device_location == "host"
         return {
             "mode": "host" if self.options.no_vm else "vm",
+            "device_location": self.device_location,
+            "transport": TRANSPORT_HOST if host else TRANSPORT_GUEST,
+            "nbdkit_threads": self.options.nbdkit_threads,
+            "guest_sysctls_read": _read_sysctls(Path(self.plan.out)) if self.plan else {},
             "accel_reason": self.accel_reason,
             "kernel_info": self.kernel.describe() if self.kernel else None,
             "vm": {"cpus": self.options.cpus, "memory": self.options.memory},
