@@ -581,8 +581,12 @@ def fake_modules(root: Path, release: str, names: list[str]) -> Path:
     return tree
 
 
-def test_packaged_kernels_default_to_6_1(tmp_path: Path) -> None:
-    """With 6.1 and 6.12 installed the default is 6.1; `6.12` and a full release select."""
+def test_packaged_kernels_default_to_6_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 6.1 and 6.12 installed the default is 6.1; `6.12` and a full release select; a
+    kernel neither installed nor fetched names the fetch command."""
+    monkeypatch.setenv("NBDFORK_KERNEL_CACHE", str(tmp_path / "empty-cache"))
     boot = tmp_path / "boot"
     for release in ("6.1.0-57-amd64", "6.12.9-amd64", "6.1.0-40-amd64"):
         fake_bzimage(boot / f"vmlinuz-{release}", release)
@@ -596,7 +600,8 @@ def test_packaged_kernels_default_to_6_1(tmp_path: Path) -> None:
     assert find_kernel(None, **where).release == "6.1.0-57-amd64"
     assert find_kernel("6.12", **where).release == "6.12.9-amd64"
     assert find_kernel("6.1.0-40-amd64", **where).release == "6.1.0-40-amd64"
-    with pytest.raises(ConfigError, match=r"'6\.6' is not installed"):
+    with pytest.raises(ConfigError, match=r"'6\.6' is neither installed .* nor fetched: run "
+                       r"`nbdfork kernel fetch 6\.6`"):
         find_kernel("6.6", **where)
 
 

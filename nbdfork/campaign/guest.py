@@ -11,17 +11,15 @@ mounted on loop devices and fsck'd), once for the device as configured and once 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nbdfork import nbdkit as launch
 from nbdfork.campaign.fscheck import make_fs_checker
 from nbdfork.campaign.states import CampaignPlan, StateResult, run_campaign
 from nbdfork.campaign.workload import MARKER_GAP, FsyncLedgerWorkload, Ledger, write_ledger
@@ -100,26 +98,18 @@ class GuestCampaign:
         return trace, ledger
 
     def _start_nbdkit(self, work: Path, trace: Path, *, ignore_flush: bool) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(_SOCKET)
-        params = [f"size={self.plan.size}", f"report={work / 'device'}", f"trace={trace}",
-                  "cache=volatile", f"seed={self.plan.seed}",
-                  f"ignore-flush={'on' if ignore_flush else 'off'}"]  # fmt: skip
-        argv = ["nbdkit", "--unix", _SOCKET, "--foreground", "--exit-with-parent", "python",
-                self.plan.plugin, *params]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        # One BLAS thread: OpenBLAS starting a thread per vCPU is slow under TCG, and useless.
-        env.update(VIRTUAL_ENV=self.plan.venv, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
-                   PYTHONDONTWRITEBYTECODE="1")  # fmt: skip
+        params = {"size": self.plan.size, "report": str(work / "device"), "trace": str(trace),
+                  "cache": "volatile", "seed": str(self.plan.seed),
+                  "ignore-flush": "on" if ignore_flush else "off"}  # fmt: skip
+        argv = launch.plugin_argv(params, unix=_SOCKET, plugin=self.plan.plugin)
         self.log(f"$ {' '.join(argv)} &")
-        with (work / "nbdkit.log").open("ab") as err:
-            self.nbdkit = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err,
-                                           stderr=err, env=env)  # fmt: skip
-        deadline = time.monotonic() + 300  # TCG on a busy host: the plugin imports slowly
-        while not Path(_SOCKET).exists():
-            if self.nbdkit.poll() is not None or time.monotonic() > deadline:
-                raise StepError("nbdkit", f"not serving (see {work / 'nbdkit.log'})")
-            time.sleep(0.05)
+        log = work / "nbdkit.log"
+        try:
+            self.nbdkit = launch.start(argv, log=log, env=launch.plugin_env(self.plan.venv))
+            # TCG on a busy host: the plugin imports slowly
+            launch.wait_ready(self.nbdkit, _SOCKET, log=log, timeout=300)
+        except launch.NbdkitError as exc:
+            raise StepError("nbdkit", f"{exc} (see {log})") from None
 
     def _workload(self, work: Path) -> Ledger:
         dev, fs_bytes = "/dev/nbd0", self.plan.size_bytes - MARKER_RESERVE
@@ -143,14 +133,8 @@ class GuestCampaign:
         return ledger
 
     def _stop_nbdkit(self) -> None:
-        if self.nbdkit is None or self.nbdkit.poll() is not None:
-            return
-        self.nbdkit.terminate()
-        try:
-            self.nbdkit.wait(60)
-        except subprocess.TimeoutExpired:
-            self.nbdkit.kill()
-            self.nbdkit.wait(10)
+        if self.nbdkit is not None:
+            launch.stop(self.nbdkit, 60)
 
     def campaign(self, name: str, trace: Path, ledger: Ledger, states: int, *,
                  ignore_flush: bool) -> list[StateResult]:  # fmt: skip

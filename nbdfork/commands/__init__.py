@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from nbdfork.commands import crash, model, report, run, serve, verify
+from nbdfork.commands import crash, kernel, model, report, run, serve, verify
 
 __all__ = ["COMMANDS"]
 
@@ -17,4 +17,5 @@ COMMANDS: list[Callable[[Any], None]] = [
     report.register,
     model.register,
     crash.register,
+    kernel.register,
 ]

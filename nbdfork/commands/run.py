@@ -20,7 +20,13 @@ from rich.text import Text
 
 from nbdfork.errors import ConfigError, VMError, VMLost
 from nbdfork.vm.plan import FILESYSTEMS, parse_list
-from nbdfork.vm.session import DEFAULT_DEVICE, RunOptions, RunSession
+from nbdfork.vm.session import (
+    DEFAULT_DEVICE,
+    MultiKernelSession,
+    RunOptions,
+    RunSession,
+    kernel_list,
+)
 from nbdfork.workloads import KICK_MODES, WORKLOADS
 
 __all__ = ["options_from_args", "register", "results_table"]
@@ -154,8 +160,12 @@ def _ms(value: float | None) -> str:
 
 def results_table(report: Mapping[str, Any]) -> Table:
     """The short end-of-run table: one row per configuration."""
+    where = report.get("device_location", "guest")
     table = Table(
-        title=f"nbdfork run: kernel {report['kernel']} ({report['accel']}), seed {report['seed']}"
+        title=f"nbdfork run: kernel {report['kernel']} ({report['accel']}), device on the "
+        f"{where}, seed {report['seed']}",
+        caption="p50/p99/max: the writer's pwrite latency; device p99: the device's own WRITE "
+        "service time (arrival to reply)",
     )
     for name in (
         "run",
@@ -166,6 +176,7 @@ def results_table(report: Mapping[str, Any]) -> Table:
         "p50 ms",
         "p99 ms",
         "max ms",
+        "device p99 ms",
     ):
         table.add_column(name, justify="left" if name in ("run", "outcome") else "right")
     styles = {"passed": "green", "violations": "yellow", "harness_error": "red", "vm_lost": "red"}
@@ -180,6 +191,7 @@ def results_table(report: Mapping[str, Any]) -> Table:
             _ms(lat["p50"]),
             _ms(lat["p99"]),
             _ms(lat["max"]),
+            _ms((run.get("device_write_service_ms") or {}).get("p99")),
         )
     return table
 
@@ -246,18 +258,32 @@ def _exit_status(report: Mapping[str, Any], fail_on_violation: bool) -> int:
 def _handle(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     console = Console(stderr=True)
-    session = RunSession(options)
-    plan = session.prepare()
-    kernel = session.kernel.release if session.kernel else "?"
-    where = "this host's kernel" if options.no_vm else f"kernel {kernel} under {session.accel}"
+    kernels = kernel_list(options.kernel)
+    session: RunSession | MultiKernelSession
+    if len(kernels) > 1:
+        session = MultiKernelSession(options, [k for k in kernels if k])
+        plans = session.prepare()
+        where = "kernels " + ", ".join(
+            f"{s.kernel.release} ({s.accel})" for s in session.sessions if s.kernel
+        )
+        out_dir = session.out
+    else:
+        session = RunSession(options)
+        plans = [session.prepare()]
+        kernel = session.kernel.release if session.kernel else "?"
+        where = "this host's kernel" if options.no_vm else f"kernel {kernel} under {session.accel}"
+        out_dir = Path(plans[0].out)
+    plan = plans[0]
     sysctls = " ".join(f"{k}={v}" for k, v in plan.sysctls.items()) or "none"
+    total = sum(len(p.runs) for p in plans)
     console.print(
-        f"nbdfork run: {len(plan.runs)} configurations on {where}, seed {plan.seed}\n"
-        f"  guest sysctls: {sysctls}\n  results: {plan.out}",
+        f"nbdfork run: {total} configurations on {where}, seed {plan.seed}\n"
+        f"  guest sysctls: {sysctls}\n  results: {out_dir}",
         highlight=False,
     )
-    progress = _Progress(console, len(plan.runs))
-    session.on_event = progress.on_event
+    progress = _Progress(console, total)
+    for each in session.sessions if isinstance(session, MultiKernelSession) else [session]:
+        each.on_event = progress.on_event
     with progress.live:
         report = session.execute()
     problem = session.render_problem
@@ -268,7 +294,7 @@ def _handle(args: argparse.Namespace) -> int:
         if not out.is_terminal:
             out = Console(width=120)
         out.print(results_table(report))
-        print(f"report: {Path(plan.out) / 'report.json'}")
+        print(f"report: {out_dir / 'report.json'}")
     if problem:
         print(f"nbdfork run: note: {problem}", file=sys.stderr)
     return _exit_status(report, args.fail_on_violation)

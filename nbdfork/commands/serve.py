@@ -8,9 +8,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from nbdfork import nbdkit as launch
 from nbdfork.config import PARAMS, parse_params
 from nbdfork.errors import ConfigError
 from nbdfork.files import validate_paths
@@ -68,11 +68,10 @@ def nbdkit_argv(
     nbdkit = shutil.which("nbdkit")
     if nbdkit is None:
         raise ConfigError("nbdkit", "not found on PATH (run scripts/setup)")
-    argv = [nbdkit, "--foreground", "--unix", str(socket.absolute()), "--threads", str(threads)]
+    argv = launch.plugin_argv(dict(params), unix=socket.absolute(), threads=threads, nbdkit=nbdkit)
     if verbose:
-        argv.append("--verbose")
-    argv += ["python", str(PLUGIN)]
-    return argv + [f"{key}={value}" for key, value in params]
+        argv.insert(1, "--verbose")
+    return argv
 
 
 def _socket_mode(mode: str) -> int:
@@ -85,28 +84,20 @@ def _socket_mode(mode: str) -> int:
     return value
 
 
-def _wait_for_socket(proc: subprocess.Popen[bytes], socket: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not socket.exists():
-        if proc.poll() is not None:
-            raise ConfigError("nbdkit", f"exited with status {proc.returncode} before serving")
-        if time.monotonic() > deadline:
-            proc.terminate()
-            raise ConfigError("nbdkit", f"did not create {socket} within {timeout:g} s")
-        time.sleep(0.05)
-
-
 def _serve(argv: list[str], socket: Path, mode: int) -> int:
     """Run nbdkit, restrict the socket once it exists, pass SIGINT/SIGTERM on, wait."""
-    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
-    proc = subprocess.Popen(argv, env=env)
+    proc = subprocess.Popen(argv, env=launch.plugin_env())
 
     def forward(signum: int, _frame: object) -> None:
         proc.send_signal(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, forward)
-    _wait_for_socket(proc, socket)
+    try:
+        launch.wait_ready(proc, socket, log=Path("/dev/null"), timeout=60)
+    except launch.NbdkitError as exc:
+        proc.terminate()
+        raise ConfigError("nbdkit", str(exc).removeprefix("nbdkit: ")) from None
     # nbdkit creates the socket with its own umask: tighten it before any client can use it.
     os.chmod(socket, mode)
     print(f"nbdfork: serving on {socket} (mode {mode:04o}); connect with")

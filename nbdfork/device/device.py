@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from array import array
 from dataclasses import asdict, dataclass, replace
 
 from nbdfork.config import DeviceConfig, Op
@@ -26,7 +27,7 @@ from nbdfork.device.trace import Op as TraceOp
 from nbdfork.errors import DeviceError
 from nbdfork.oracle.verify import EventSink, Oracle, WriteRequest
 
-__all__ = ["Device", "DeviceStats", "PendingWrite"]
+__all__ = ["Device", "DeviceStats", "PendingWrite", "service_percentiles"]
 
 _LATENCY_OP: dict[str, Op] = {
     "read": "read", "write": "write", "flush": "flush", "trim": "trim", "zero": "trim"
@@ -82,6 +83,9 @@ class Device:
         self.faults = FaultInjector(config.faults, self.rng) if config.faults.ops else None
         self.stats = DeviceStats()
         self.connection_stats: dict[int, DeviceStats] = {}  # the same counters per connection
+        # Seconds from arrival to landing of each WRITE, per connection: the device's own
+        # service time (latency, reorder wait, queueing on its locks), beside the writer's stall.
+        self.service_times: dict[int, array[float]] = {}
         self.started = self.clock.now()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -189,6 +193,10 @@ class Device:
             for stats in (self.stats, self._conn(w.connection)):
                 stats.bytes_written += len(w.data)
                 stats.fua_writes += w.fua
+            service = self.service_times.get(w.connection)
+            if service is None:
+                service = self.service_times[w.connection] = array("d")
+            service.append(reply - w.arrival)
 
     def write_fail(self, w: PendingWrite) -> None:
         """The WRITE failed: nothing of it reaches the media; it leaves the in-flight set."""
@@ -314,3 +322,16 @@ class Device:
         if self.trace is not None:
             self.trace.close()
         self.store.close()
+
+
+def service_percentiles(times: array[float] | None) -> dict[str, float | int | None]:
+    """p50/p99/p999/max of WRITE service times in milliseconds, and how many there were."""
+    if not times:
+        return {"count": 0, "p50": None, "p99": None, "p999": None, "max": None}
+    ordered = sorted(times)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3, 4)
+
+    return {"count": len(ordered), "p50": at(0.5), "p99": at(0.99), "p999": at(0.999),
+            "max": round(ordered[-1] * 1e3, 4)}  # fmt: skip

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from nbdfork import __version__
 from nbdfork.config import DeviceConfig
 from nbdfork.device.clock import Clock
-from nbdfork.device.device import Device, DeviceStats
+from nbdfork.device.device import Device, DeviceStats, service_percentiles
 from nbdfork.errors import ConfigError
 from nbdfork.files import LOG_FILE, ReportDir, validate_paths
 from nbdfork.log import get_logger
@@ -156,6 +156,7 @@ class DeviceService:
             "counts": {k: counts.pop(k, 0) for k in VERDICTS},
             "stamped_pages": stamped,
             "oracle": counts,
+            "write_service_ms": service_percentiles(device.service_times.get(connection)),
             **(stats.as_dict() if stats is not None else DeviceStats().as_dict()),
         }
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import nbdfork
+from nbdfork import nbdkit as launch
 from nbdfork.config import parse_duration, parse_params
 from nbdfork.errors import ConfigError, ReportError
 from nbdfork.oracle.events import read_events
@@ -141,9 +142,8 @@ def nbdkit_argv(settings: DeviceSettings, report: Path) -> list[str]:
     nbdkit = shutil.which("nbdkit")
     if nbdkit is None:
         raise ConfigError("nbdkit", "not found on PATH (run scripts/setup)")
-    argv = [nbdkit, "-s", "--exit-with-parent", "--threads", str(settings.threads),
-            "python", str(PLUGIN)]  # fmt: skip
-    argv += [f"{k}={v}" for k, v in settings.params(report)]
+    argv = launch.plugin_argv(dict(settings.params(report)), single=True,
+                              threads=settings.threads, nbdkit=nbdkit)  # fmt: skip
     if sys.prefix != sys.base_prefix:
         # nbdkit embeds the system python: tell the plugin where our venv is.
         argv = [shutil.which("env") or "/usr/bin/env", f"VIRTUAL_ENV={sys.prefix}", *argv]

@@ -83,6 +83,10 @@ def _header(report: MatrixReport) -> list[Block]:
         Heading(f"nbdfork report: {report.kernel}", 1),
         Bullets((
             f"Kernel: {code(report.kernel)}, accel {report.accel}",
+            f"Device: on the {report.device_location}"
+            + (f" ({report.transport})" if report.transport else ""),
+            "Guest sysctls: "
+            + (", ".join(f"{code(k)}={v}" for k, v in report.sysctls.items()) or "none set"),
             f"Seed: {report.seed}",
             f"Started: {report.started}; total {_fmt_s(report.duration_s)}",
             f"Harness: boot {_fmt_s(report.harness.boot_s)}, "
@@ -116,10 +120,22 @@ def _by_workload(runs: Sequence[RunResult]) -> list[RunResult]:
 
 
 def _fs_tables(runs: Sequence[RunResult]) -> list[Block]:
+    """One table per filesystem; with several kernels, a kernel column keeps them side by side
+    (kernel-major, so each kernel's stable_writes pair sits together)."""
     blocks: list[Block] = []
+    kernels = ordered(r.kernel for r in runs)
     for fs in ordered(r.fs for r in runs):
-        rows = tuple(_fs_row(r) for r in _by_workload([r for r in runs if r.fs == fs]))
-        blocks += [Heading(fs), Table(_FS_HEADER, rows, ("r", "l", "l") + ("r",) * 7)]
+        mine = [r for r in runs if r.fs == fs]
+        if len(kernels) == 1:
+            rows = tuple(_fs_row(r) for r in _by_workload(mine))
+            blocks += [Heading(fs), Table(_FS_HEADER, rows, ("r", "l", "l") + ("r",) * 7)]
+            continue
+        rows = tuple(
+            (k, *_fs_row(r)) for k in kernels for r in _by_workload([x for x in mine
+                                                                      if x.kernel == k])
+        )  # fmt: skip
+        blocks += [Heading(fs), Table(("kernel", *_FS_HEADER), rows,
+                                      ("l", "r", "l", "l") + ("r",) * 7)]  # fmt: skip
     return blocks
 
 

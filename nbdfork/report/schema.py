@@ -316,6 +316,9 @@ class MatrixReport:
     versions: dict[str, str | None]
     runs: tuple[RunResult, ...] = field(default=())
     schema: str = SCHEMA
+    device_location: str = "guest"  # reports before the host device ran it in the guest
+    transport: str = ""
+    sysctls: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: object, source: str = "<report>") -> MatrixReport:
@@ -329,6 +332,8 @@ class MatrixReport:
             started=r.str_("started"), duration_s=r.float_("duration_s"),
             harness=HarnessTimings.from_json(r.obj("harness")), versions=_versions(r),
             runs=_runs(r), schema=schema,
+            device_location=_optional_str(r, "device_location", "guest"),
+            transport=_optional_str(r, "transport", ""), sysctls=_sysctls(r),
         )
 
     def to_json(self) -> JSONObject:
@@ -339,7 +344,22 @@ class MatrixReport:
             "started": self.started, "duration_s": self.duration_s,
             "harness": self.harness.to_json(), "versions": versions,
             "runs": [run.to_json() for run in self.runs],
+            "device_location": self.device_location, "transport": self.transport,
+            "sysctls": dict(self.sysctls),
         }
+
+
+def _optional_str(r: _Reader, key: str, default: str) -> str:
+    """A string field that older reports lack."""
+    return r.str_(key) if key in r.data else default
+
+
+def _sysctls(r: _Reader) -> dict[str, str]:
+    """The guest sysctls the harness set (older reports: none recorded)."""
+    if "sysctls" not in r.data:
+        return {}
+    raw = r.obj("sysctls").data
+    return {str(k): str(v) for k, v in raw.items()}
 
 
 def _report_file(path: Path) -> Path:

@@ -143,7 +143,7 @@ def find_kernel(
 
 def _packaged_kernel(spec: str | None, boot: Path, modules_root: Path) -> Kernel:
     kernels = installed_kernels(boot, modules_root)
-    if not kernels:
+    if not kernels and spec is None:
         raise ConfigError(
             "--kernel",
             f"no kernel in {boot} with modules in {modules_root} "
@@ -155,8 +155,17 @@ def _packaged_kernel(spec: str | None, boot: Path, modules_root: Path) -> Kernel
             return kernel
     if spec is None:
         return kernels[0]
+    from nbdfork.vm.fetch import cached_kernels  # noqa: PLC0415
+
+    for cached in cached_kernels():
+        if _matches(cached.release, wanted):
+            return Kernel(cached.release, cached.image, cached.modules, "debian")
     have = ", ".join(k.release for k in kernels)
-    raise ConfigError("--kernel", f"{spec!r} is not installed (installed: {have})")
+    raise ConfigError(
+        "--kernel",
+        f"{spec!r} is neither installed (installed: {have}) nor fetched: "
+        f"run `nbdfork kernel fetch {spec}`",
+    )
 
 
 def _user_kernel(image: Path, modules: Path | None) -> Kernel:

@@ -96,6 +96,7 @@ def run_record(
         "stamped_pages": int(summary.get("stamped_pages", 0)),
         **verdicts,
         "writer_latency_ms": {k: latency.get(k) for k in ("p50", "p99", "p999", "max")},
+        "device_write_service_ms": summary.get("write_service_ms"),
         "writer_latency_hist": workload.get("writer_latency_hist")
         or {"edges_ms": [], "counts": []},
         "writer_ops": int(workload.get("writer_ops", 0)),

@@ -62,6 +62,9 @@ __all__ = [
     "DEFAULT_SYSCTLS",
     "DEVICE_LOCATIONS",
     "PROJECT",
+    "MultiKernelSession",
+    "kernel_list",
+    "merge_reports",
     "RunOptions",
     "RunSession",
     "render",
@@ -247,7 +250,7 @@ class RunSession:
                 seed=seed,
                 workload_options=dict(opts.workload_options),
             ),
-            modules_dir=str(opts.modules) if opts.modules else None,
+            modules_dir=self._modules_dir(),
             mkfs_each_run=opts.mkfs_each_run,
             sysctls=self.guest_sysctls(),
             device_location=self.device_location,
@@ -258,6 +261,18 @@ class RunSession:
         )
         self.plan.write(out / "plan.json")
         return self.plan
+
+    def _modules_dir(self) -> str | None:
+        """The module tree the guest links at /lib/modules/RELEASE when it is not there: a
+        user's --modules, or a kernel fetched into the cache."""
+        if self.options.modules:
+            return str(self.options.modules)
+        kernel = self.kernel
+        if kernel is None or kernel.modules is None:
+            return None
+        if kernel.modules == Path("/lib/modules") / kernel.release:
+            return None
+        return str(kernel.modules)
 
     @property
     def device_location(self) -> str:
@@ -374,3 +389,81 @@ class RunSession:
             "sysctls": self.plan.sysctls if self.plan else {},
             "plan": "plan.json",
         }
+
+
+def kernel_list(spec: str | None) -> list[str | None]:
+    """`--kernel 6.1,7.2` -> ["6.1", "7.2"]; one kernel (or the default) -> [spec]."""
+    if spec is None or "," not in spec:
+        return [spec]
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    if len(set(items)) != len(items) or not items:
+        raise ConfigError("--kernel", f"{spec!r}: list each kernel once")
+    return list(items)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+class MultiKernelSession:
+    """`nbdfork run --kernel 6.1,7.2`: the same matrix and seed on each kernel, one boot per
+    kernel, one report whose runs carry their `kernel` (ids `RELEASE:run`)."""
+
+    def __init__(
+        self, options: RunOptions, kernels: list[str], on_event: Callable[..., None] | None = None
+    ) -> None:
+        seed = options.seed if options.seed is not None else new_seed()
+        self.options = dataclasses.replace(options, seed=seed)
+        self.out = self.options.out.resolve()
+        self.sessions = [
+            RunSession(
+                dataclasses.replace(self.options, kernel=k, out=self.out / "kernels" / _slug(k)),
+                on_event,
+            )
+            for k in kernels
+        ]
+        self.render_problem: str | None = None
+
+    def prepare(self) -> list[Plan]:
+        """Validate every kernel before any boots: a missing one costs no VM time."""
+        return [s.prepare() for s in self.sessions]
+
+    def execute(self) -> dict[str, Any]:
+        """Boot each kernel in turn; merge their reports into OUT/report.json; render."""
+        reports = []
+        for session in self.sessions:
+            reports.append(session.execute())  # prepares first if prepare() was not called
+        merged = merge_reports(self.out, reports, [Path(s.plan.out) for s in self.sessions
+                                                   if s.plan is not None])  # fmt: skip
+        write_report(self.out, merged)
+        self.render_problem = render(self.out)
+        return merged
+
+
+def merge_reports(out: Path, reports: list[dict[str, Any]], dirs: list[Path]) -> dict[str, Any]:
+    """One report of several kernels' reports: runs re-keyed `RELEASE:id`, dirs relative to
+    OUT, harness timings concatenated; top-level `kernels` lists them in order."""
+    first = reports[0]
+    runs = []
+    for report, directory in zip(reports, dirs, strict=True):
+        rel = directory.relative_to(out)
+        for run in report["runs"]:
+            runs.append({**run, "id": f"{run['kernel']}:{run['id']}",
+                         "dir": str(rel / run["dir"])})  # fmt: skip
+    harness = {
+        "boot_s": first["harness"]["boot_s"],
+        "per_config_overhead_s": [
+            x for r in reports for x in r["harness"]["per_config_overhead_s"]
+        ],
+        "per_kernel": {r["kernel"]: r["harness"] for r in reports},
+    }
+    return {
+        **first,
+        "kernel": " + ".join(r["kernel"] for r in reports),
+        "kernels": [r["kernel"] for r in reports],
+        "accel": ", ".join(sorted({r["accel"] for r in reports})),
+        "duration_s": round(sum(r["duration_s"] for r in reports), 3),
+        "harness": harness,
+        "kernel_info": [r.get("kernel_info") for r in reports],
+        "runs": runs,
+    }
