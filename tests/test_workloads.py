@@ -13,7 +13,8 @@ import pytest
 from nbdfork.errors import ConfigError
 from nbdfork.oracle.stamp import PAGE_SIZE, PageStatus, decode_page
 from nbdfork.workloads import WORKLOADS, WorkloadConfig, run_workload, workload_class
-from nbdfork.workloads.base import Ledger, sync_file_range
+from nbdfork.workloads.atomic import atomic_limits
+from nbdfork.workloads.base import Ledger, WorkloadSkipped, sync_file_range
 from nbdfork.workloads.latency import HIST_EDGES_MS, histogram, percentiles
 from nbdfork.workloads.pwrite import PwriteWorkload
 
@@ -165,7 +166,7 @@ def test_bad_knobs_name_themselves(tmp_path: Path) -> None:
             config(tmp_path, **{knob: value}).validate()
     with pytest.raises(ConfigError, match="--workload"):
         workload_class("fio")
-    assert set(WORKLOADS) == {"pwrite", "mmap", "odirect"}
+    assert set(WORKLOADS) == {"pwrite", "mmap", "odirect", "odirect_inflight", "atomic"}
 
 
 def test_sync_file_range_raises_oserror_on_a_bad_fd() -> None:
@@ -200,3 +201,38 @@ def test_ledger_durable_never_goes_backwards() -> None:
     ledger.synced(0, [5, 5], "kick")
     ledger.synced(0, [3, 6], "kick")
     assert ledger.durable[0] == [5, 6]
+
+
+def test_odirect_inflight_never_changes_the_buffer_before_its_delay(tmp_path: Path) -> None:
+    """odirect_inflight records each I/O's first buffer change against the syscall start: none
+    comes before mutate_after_s (submission is left alone); odirect starts at once."""
+    if not odirect_supported(tmp_path / "w"):
+        pytest.skip("tmp_path's filesystem does not support O_DIRECT")
+    result = run_workload("odirect_inflight", config(tmp_path, threads=1, seconds=0.5))
+    assert result.error is None
+    summary = result.summary()
+    assert summary["mutate_after_ms"] == 1.5
+    first = summary["first_change_ms"]
+    assert first["min"] is None or first["min"] >= 1.5  # type: ignore[index]
+    assert summary["syscall_ms"]["p50"] is not None  # type: ignore[index]
+    assert run_workload("odirect", config(tmp_path / "b", threads=1, seconds=0.2)).summary()[
+        "mutate_after_ms"
+    ] == 0.0
+
+
+def test_atomic_runs_only_where_statx_offers_a_page(tmp_path: Path) -> None:
+    """atomic probes statx: where no atomic unit covers 4 KiB it is skipped with the limits it
+    saw; where one does, every write is RWF_ATOMIC and the limits are in the summary."""
+    if not odirect_supported(tmp_path / "w"):
+        pytest.skip("tmp_path's filesystem does not support O_DIRECT")
+    fd = os.open(tmp_path / "w" / "probe", os.O_RDONLY)
+    try:
+        unit_min, unit_max, _ = atomic_limits(fd)
+    finally:
+        os.close(fd)
+    if not unit_min <= PAGE_SIZE <= unit_max:
+        with pytest.raises(WorkloadSkipped, match=r"statx atomic write unit min \d+ / max \d+"):
+            run_workload("atomic", config(tmp_path, threads=1, seconds=0.2))
+        return
+    summary = run_workload("atomic", config(tmp_path, threads=1, seconds=0.2)).summary()
+    assert summary["atomic_write_unit_max"] >= PAGE_SIZE  # type: ignore[operator]

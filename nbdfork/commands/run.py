@@ -179,7 +179,8 @@ def results_table(report: Mapping[str, Any]) -> Table:
         "device p99 ms",
     ):
         table.add_column(name, justify="left" if name in ("run", "outcome") else "right")
-    styles = {"passed": "green", "violations": "yellow", "harness_error": "red", "vm_lost": "red"}
+    styles = {"passed": "green", "violations": "yellow", "harness_error": "red", "vm_lost": "red",
+              "skipped": "dim"}
     for run in report["runs"]:
         lat = run["writer_latency_ms"]
         table.add_row(

@@ -38,8 +38,8 @@ JSONValue: TypeAlias = (
     bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"] | None
 )
 JSONObject: TypeAlias = dict[str, JSONValue]
-Outcome = Literal["passed", "violations", "harness_error", "vm_lost"]
-Workload = Literal["pwrite", "mmap", "odirect"]
+Outcome = Literal["passed", "violations", "harness_error", "vm_lost", "skipped"]
+Workload = Literal["pwrite", "mmap", "odirect", "odirect_inflight", "atomic"]
 
 
 class _Reader:

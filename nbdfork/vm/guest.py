@@ -399,7 +399,11 @@ class GuestRunner:
     ) -> None:
         import numpy as np  # noqa: PLC0415  (the guest imports numpy after nbdkit started)
 
-        from nbdfork.workloads import WorkloadConfig, run_workload  # noqa: PLC0415
+        from nbdfork.workloads import (  # noqa: PLC0415
+            WorkloadConfig,
+            WorkloadSkipped,
+            run_workload,
+        )
 
         options = dict(spec.workload_options)
         config = WorkloadConfig(
@@ -414,6 +418,10 @@ class GuestRunner:
         before = cpu_sample(nbdkit)
         try:
             result = run_workload(spec.workload, config)
+        except WorkloadSkipped as exc:
+            record.update(status="skipped", error=str(exc))
+            log(f"workload skipped: {exc}")
+            return
         except OSError as exc:
             raise StepError("workload", f"{exc}") from exc
         record["cpu"] = cpu_usage(before, cpu_sample(nbdkit))

@@ -52,6 +52,8 @@ def outcome_of(
     what became of a run that left no result (the VM was lost, the guest failed before it)."""
     if result is None:
         return missing or (Outcome.HARNESS_ERROR, "the guest left no result for this run")
+    if result.get("status") == "skipped":
+        return Outcome.SKIPPED, str(result.get("error") or "skipped")
     if result.get("status") != "ok":
         return Outcome.HARNESS_ERROR, str(result.get("error") or "failed")
     if not has_summary:

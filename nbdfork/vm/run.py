@@ -96,6 +96,7 @@ class Outcome(StrEnum):
     VIOLATIONS = "violations"
     HARNESS_ERROR = "harness_error"
     VM_LOST = "vm_lost"
+    SKIPPED = "skipped"  # the workload cannot run on this kernel/filesystem (reason given)
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,7 +90,7 @@ DEVICE_LOCATIONS = ("host", "guest")
 TRANSPORT_HOST = "tcp: guest nbd-client -> qemu user net (restrict=on) guestfwd -> unix socket"
 TRANSPORT_GUEST = "unix socket inside the guest"
 
-_WORKLOADS = ("pwrite", "mmap", "odirect")
+_WORKLOADS = ("pwrite", "mmap", "odirect", "odirect_inflight", "atomic")
 _WORKLOAD_KNOBS = frozenset({"pages", "threads", "kick", "kick_interval_s", "max_writes"})
 
 

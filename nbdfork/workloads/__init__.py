@@ -7,15 +7,17 @@ its result serialises to workload.json via `WorkloadResult.summary()`.
 from __future__ import annotations
 
 from nbdfork.errors import ConfigError
+from nbdfork.workloads.atomic import AtomicWorkload
 from nbdfork.workloads.base import (
     KICK_MODES,
     KickMode,
     Workload,
     WorkloadConfig,
     WorkloadResult,
+    WorkloadSkipped,
 )
 from nbdfork.workloads.mmap_store import MmapWorkload
-from nbdfork.workloads.odirect import OdirectWorkload
+from nbdfork.workloads.odirect import OdirectInflightWorkload, OdirectWorkload
 from nbdfork.workloads.pwrite import PwriteWorkload
 
 __all__ = [
@@ -25,12 +27,16 @@ __all__ = [
     "Workload",
     "WorkloadConfig",
     "WorkloadResult",
+    "WorkloadSkipped",
     "run_workload",
     "workload_class",
 ]
 
 WORKLOADS: dict[str, type[Workload]] = {
-    cls.name: cls for cls in (PwriteWorkload, MmapWorkload, OdirectWorkload)
+    cls.name: cls
+    for cls in (
+        PwriteWorkload, MmapWorkload, OdirectWorkload, OdirectInflightWorkload, AtomicWorkload
+    )
 }
 
 

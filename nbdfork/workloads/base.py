@@ -37,6 +37,7 @@ __all__ = [
     "Workload",
     "WorkloadConfig",
     "WorkloadResult",
+    "WorkloadSkipped",
     "sync_file_range",
 ]
 
@@ -49,6 +50,10 @@ _SYNC_FILE_RANGE_WRITE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 _libc.sync_file_range.restype = ctypes.c_int
+
+
+class WorkloadSkipped(Exception):  # noqa: N818 (a reason to skip, not an error)
+    """The workload cannot run on this kernel or filesystem; the message says why."""
 
 
 def sync_file_range(fd: int) -> None:
