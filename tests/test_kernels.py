@@ -30,6 +30,7 @@ def test_a_series_picks_its_newest_build_in_either_packaging() -> None:
         "linux-base-7.2.13+deb14-amd64",
     ])  # fmt: skip
     assert pick_packages("6.1", NAMES)[0] == "6.1.0-50-amd64"  # not 6.12
+    assert pick_packages("7", NAMES)[0] == "7.2.13+deb14-amd64"  # the newest 7.x
     with pytest.raises(FetchError, match=r"no Debian kernel of series 7\.1"):
         pick_packages("7.1", NAMES)
     with pytest.raises(ConfigError, match="not a series"):

@@ -13,7 +13,7 @@ from nbdfork.report.schema import RunResult
 
 __all__ = ["findings", "ordered", "p99_stall_ratio", "workloads"]
 
-_WORKLOAD_ORDER = ("pwrite", "mmap", "odirect")
+_WORKLOAD_ORDER = ("pwrite", "mmap", "odirect", "odirect_inflight", "atomic")
 
 
 def ordered(items: Iterable[str]) -> list[str]:
@@ -78,14 +78,25 @@ def _violations(runs: Sequence[RunResult], kind: str) -> str | None:
 
 
 def _incomplete(runs: Sequence[RunResult]) -> str | None:
-    lost = [f"{r.id} ({r.outcome})" for r in runs if not r.completed]
+    lost = [f"{r.id} ({r.outcome}: {r.error})" if r.outcome == "skipped" else
+            f"{r.id} ({r.outcome})" for r in runs if not r.completed]  # fmt: skip
     return "not measured: " + ", ".join(lost) if lost else None
 
 
+def _prefixed(prefix: str, line: str | None) -> str | None:
+    return prefix + line if line else None
+
+
 def findings(runs: Sequence[RunResult]) -> list[str]:
-    """One line per workload (tears, p99 stall), then other violations and incomplete runs."""
+    """One line per workload (tears, p99 stall) — per kernel when there are several — then
+    other violations and incomplete runs."""
     completed = [r for r in runs if r.completed]
-    lines = [_workload_line(w, completed) for w in workloads(runs)]
+    kernels = ordered(r.kernel for r in runs)
+    lines: list[str | None] = []
+    for kernel in kernels:
+        mine = [r for r in completed if r.kernel == kernel]
+        prefix = f"{kernel}: " if len(kernels) > 1 else ""
+        lines += [_prefixed(prefix, _workload_line(w, mine)) for w in workloads(runs)]
     lines += [_violations(completed, "stale"), _violations(completed, "overlapping")]
     lines.append(_incomplete(runs))
     return [line for line in lines if line]

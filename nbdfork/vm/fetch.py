@@ -42,7 +42,7 @@ SUITES = ("bookworm", "trixie", "sid")
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 MIRROR = "http://deb.debian.org/debian"
 META = "nbdfork-kernel.json"
-_SERIES_RE = re.compile(r"^\d+\.\d+$")
+_SERIES_RE = re.compile(r"^\d+(\.\d+)?$")  # 6.12, or 7: the newest 7.x
 
 
 class FetchError(NbdforkError):
@@ -177,7 +177,7 @@ def pick_packages(series: str, names: Sequence[str]) -> tuple[str, list[str]]:
     """(release, packages) of the newest build of `series` among apt's package names: the split
     7.x packaging when present, else linux-image-RELEASE-amd64-unsigned."""
     if not _SERIES_RE.match(series):
-        raise ConfigError("kernel", f"{series!r} is not a series like 6.12 or 7.2")
+        raise ConfigError("kernel", f"{series!r} is not a series like 6.12, 7.2 or 7")
     split = [(m.group(1), n) for n in names if (m := _BINARY_RE.match(n))]
     split = [(r, n) for r, n in split if _in_series(r, series)]
     if split:
