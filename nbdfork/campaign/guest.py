@@ -23,7 +23,14 @@ from nbdfork import nbdkit as launch
 from nbdfork.campaign.fscheck import make_fs_checker
 from nbdfork.campaign.states import CampaignPlan, StateResult, run_campaign
 from nbdfork.campaign.workload import MARKER_GAP, FsyncLedgerWorkload, Ledger, write_ledger
-from nbdfork.vm.guest import Reporter, StepError, nbd_client_argv, run_step
+from nbdfork.vm.guest import (
+    DEFAULT_TIMEOUTS,
+    Reporter,
+    StepError,
+    nbd_client_argv,
+    network_up,
+    run_step,
+)
 
 __all__ = ["CrashPlan", "GuestCampaign", "main"]
 
@@ -52,6 +59,9 @@ class CrashPlan:
     files: int = 8
     pages: int = 4
     points: str = "checkpoint"
+    device_location: str = "guest"  # "host": nbdkit on the host, trace written there
+    nbd_target: tuple[str, ...] = ()  # host device: (address, port) of the guest's forward
+    host_trace: str = ""  # host device: where the host's nbdkit writes the trace (shared)
 
     def write(self, path: Path) -> None:
         """Save as JSON."""
@@ -60,7 +70,9 @@ class CrashPlan:
     @classmethod
     def read(cls, path: Path) -> CrashPlan:
         """Load from JSON."""
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["nbd_target"] = tuple(data.get("nbd_target", ()))
+        return cls(**data)
 
 
 def mkfs_argv(fs: str, device: str, fs_bytes: int) -> list[str]:
@@ -86,11 +98,16 @@ class GuestCampaign:
         """Run the workload on a traced device; return the trace and the ledger."""
         work = self.out / name
         work.mkdir(parents=True, exist_ok=True)
-        trace = Path("/tmp") / f"nbdfork-{name}.trace"  # guest RAM: 9p is slow per record
         self.reporter.emit("run-start", id=f"{name}-workload", seconds=self.plan.seconds + 60)
+        if self.plan.device_location == "host":  # the host's nbdkit wrote it into OUT
+            ledger = self._workload(work, list(self.plan.nbd_target))
+            trace = Path(self.plan.host_trace)
+            self.reporter.emit("run-end", id=f"{name}-workload")
+            return trace, ledger
+        trace = Path("/tmp") / f"nbdfork-{name}.trace"  # guest RAM: 9p is slow per record
         self._start_nbdkit(work, trace, ignore_flush=ignore_flush)
         try:
-            ledger = self._workload(work)
+            ledger = self._workload(work, ["-unix", _SOCKET])
         finally:
             self._stop_nbdkit()
         shutil.copyfile(trace, work / "trace.bin")  # keep the reproducer with the results
@@ -111,9 +128,9 @@ class GuestCampaign:
         except launch.NbdkitError as exc:
             raise StepError("nbdkit", f"{exc} (see {log})") from None
 
-    def _workload(self, work: Path) -> Ledger:
+    def _workload(self, work: Path, target: list[str]) -> Ledger:
         dev, fs_bytes = "/dev/nbd0", self.plan.size_bytes - MARKER_RESERVE
-        run_step(self.log, "nbd-client", nbd_client_argv(["-unix", _SOCKET], dev), 60)
+        run_step(self.log, "nbd-client", nbd_client_argv(target, dev, export="campaign"), 60)
         try:
             run_step(self.log, "mkfs", mkfs_argv(self.plan.fs, dev, fs_bytes), 120)
             _MOUNT.mkdir(parents=True, exist_ok=True)
@@ -157,6 +174,8 @@ class GuestCampaign:
 
 def _prepare(plan: CrashPlan, log: Reporter) -> None:
     run_step(log.log, "modprobe", ["modprobe", "-a", "nbd", "loop", plan.fs], 60)
+    if plan.device_location == "host":
+        network_up(log.log, Path("/sys"), DEFAULT_TIMEOUTS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

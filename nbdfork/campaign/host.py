@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import compileall
+import contextlib
+import dataclasses
 import datetime as dt
 import json
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nbdfork import nbdkit as launch
 from nbdfork.campaign.guest import CrashPlan
 from nbdfork.campaign.states import POINT_KINDS
 from nbdfork.errors import ConfigError, VMError, VMLost
 from nbdfork.vm.kernel import detect_accel, find_kernel, validate_kernel
-from nbdfork.vm.run import VMConfig, find_vng, run_vm, vm_timeouts, vng_argv
+from nbdfork.vm.plan import FIRST_PORT, GUEST_FORWARD_ADDR
+from nbdfork.vm.run import VMConfig, find_vng, forward_opts, run_vm, vm_timeouts, vng_argv
 
 __all__ = ["CrashOptions", "run_crash", "summarize_states"]
 
@@ -41,6 +48,7 @@ class CrashOptions:
     ignore_flush: bool = False
     kernel: str | None = None
     points: str = "checkpoint"
+    device_location: str = "host"
 
     def validate(self) -> None:
         """ConfigError naming the first bad option."""
@@ -54,6 +62,8 @@ class CrashOptions:
             raise ConfigError("--points", f"{self.points!r}: use one of {', '.join(POINT_KINDS)}")
         if not 0 < self.seconds <= 600:
             raise ConfigError("--seconds", f"{self.seconds:g} must be in (0, 600]")
+        if self.device_location not in ("host", "guest"):
+            raise ConfigError("--device-location", f"{self.device_location!r}: host or guest")
 
 
 def summarize_states(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -94,20 +104,47 @@ def run_crash(options: CrashOptions) -> dict[str, Any]:
         seconds=options.seconds, seed=seed, ignore_flush=options.ignore_flush,
         size=f"{size}M", size_bytes=size << 20, points=options.points,
     )  # fmt: skip
-    plan.write(out / "crash-plan.json")
     # The guest sees the tree read-only: without .pyc files every import compiles from source.
     compileall.compile_dir(PROJECT / "nbdfork", quiet=2, workers=1)
     started = time.monotonic()
-    argv = vng_argv(VMConfig(kernel=kernel, accel=accel, vng=find_vng()), out,
-                    _guest_command(out / "crash-plan.json"))  # fmt: skip
-    timeouts = vm_timeouts(accel)
-    vm = run_vm(argv, log_path=out / "vm.log", timeouts=timeouts)
+    with _host_device(plan, options.device_location) as (plan, qemu_opts):
+        plan.write(out / "crash-plan.json")
+        config = VMConfig(kernel=kernel, accel=accel, vng=find_vng(), qemu_opts=qemu_opts)
+        argv = vng_argv(config, out, _guest_command(out / "crash-plan.json"))
+        vm = run_vm(argv, log_path=out / "vm.log", timeouts=vm_timeouts(accel))
     report = _report(out, plan, kernel.release, accel, time.monotonic() - started)
     report["outcome"] = _outcome(vm.lost, report)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if vm.lost:
         raise VMLost(f"{vm.lost} (guest log: {out / 'guest.log'}, console: {out / 'vm.log'})")
     return report
+
+
+@contextlib.contextmanager
+def _host_device(plan: CrashPlan, location: str) -> Iterator[tuple[CrashPlan, tuple[str, ...]]]:
+    """For a device on the host: nbdkit with the traced, cached device beside qemu, and the
+    plan and qemu options that lead the guest to it; for one in the guest, nothing."""
+    if location != "host":
+        yield plan, ()
+        return
+    work = Path(plan.out) / "campaign"
+    work.mkdir(parents=True, exist_ok=True)
+    trace = work / "trace.bin"
+    params = {"size": plan.size, "report": str(work / "device"), "trace": str(trace),
+              "cache": "volatile", "seed": str(plan.seed),
+              "ignore-flush": "on" if plan.ignore_flush else "off"}  # fmt: skip
+    home = Path(tempfile.mkdtemp(prefix="nbdfork-"))
+    socket = home / "nbd.sock"
+    log = work / "nbdkit.log"
+    proc = launch.start(launch.plugin_argv(params, unix=socket), log=log, env=launch.plugin_env())
+    try:
+        launch.wait_ready(proc, socket, log=log, timeout=120)
+        hosted = dataclasses.replace(plan, device_location="host", host_trace=str(trace),
+                                     nbd_target=(GUEST_FORWARD_ADDR, str(FIRST_PORT)))  # fmt: skip
+        yield hosted, forward_opts(socket, [FIRST_PORT], GUEST_FORWARD_ADDR)
+    finally:
+        launch.stop(proc)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _load_rows(path: Path) -> list[dict[str, Any]] | None:
@@ -126,6 +163,7 @@ def _report(out: Path, plan: CrashPlan, kernel: str, accel: str, seconds: float)
         "schema": SCHEMA, "kernel": kernel, "accel": accel, "fs": plan.fs, "seed": plan.seed,
         "started": dt.datetime.now(dt.UTC).isoformat(), "duration_s": round(seconds, 1),
         "device": {"size": plan.size, "cache": "volatile", "ignore_flush": plan.ignore_flush},
+        "device_location": plan.device_location,
         "workload": {"seconds": plan.seconds, "files": plan.files, "pages": plan.pages},
         "points": plan.points,
         **summarize_states(rows),

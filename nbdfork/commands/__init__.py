@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from nbdfork.commands import crash, kernel, model, report, run, serve, verify
+from nbdfork.commands import campaign, crash, kernel, model, report, run, serve, verify
 
 __all__ = ["COMMANDS"]
 
@@ -18,4 +18,5 @@ COMMANDS: list[Callable[[Any], None]] = [
     model.register,
     crash.register,
     kernel.register,
+    campaign.register,
 ]

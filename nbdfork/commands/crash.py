@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="known-bad device: FLUSH/FUA acknowledged, nothing durable",
     )  # fmt: skip
     parser.add_argument("--kernel", help="6.1, 6.12, a release, or a bzImage/vmlinuz path")
+    parser.add_argument(
+        "--device-location", choices=("host", "guest"), default="host",
+        help="run the traced device on the host (default) or in the guest",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("results/crash"))
     parser.add_argument("--fail-on-violation", action="store_true",
                         help="exit 1 when any state fails")  # fmt: skip
@@ -56,7 +60,7 @@ def _handle(args: argparse.Namespace) -> int:
     options = CrashOptions(
         out=args.out, fs=args.fs, states=args.states, control_states=args.control_states,
         seconds=args.seconds, seed=args.seed, ignore_flush=args.ignore_flush, kernel=args.kernel,
-        points=args.points,
+        points=args.points, device_location=args.device_location,
     )  # fmt: skip
     report = run_crash(options)
     paths = render_crash_report(options.out.absolute(), report)

@@ -224,14 +224,16 @@ class _Progress:
         name = event["event"]
         self.phase_started = time.monotonic()
         if name == "hello":
-            self.status = f"kernel {event.get('kernel')} up; starting nbdkit and the plugin"
+            self.status = f"kernel {event.get('kernel')} up; modules, network or device"
         elif name == "run-start":
             self.status = f"{event['id']}: nbd-client, stable_writes, mkfs, mount"
         elif name == "workload-start":
             self.status = f"{event['id']}: workload"
         elif name == "run-end":
             self.done += 1
-            mark = "ok" if event.get("status") == "ok" else f"error: {event.get('error')}"
+            status = event.get("status")
+            mark = "ok" if status == "ok" else f"{'skipped' if status == 'skipped' else 'error'}: "
+            mark = mark if status == "ok" else mark + str(event.get("error"))
             self.console.print(f"  {event['id']}: {mark}", highlight=False)
             self.status = "next configuration"
         elif name == "fatal":

@@ -45,6 +45,7 @@ __all__ = [
     "main",
     "nbd_client_argv",
     "nbdkit_argv",
+    "network_up",
     "run_step",
 ]
 
@@ -104,6 +105,21 @@ def nbd_client_argv(target: list[str], device: str, *, export: str = "") -> list
     writes the kernel did not mean); `export` is the NBD export name."""
     name = ["-N", export] if export else []
     return ["nbd-client", *name, *target, device, "-b", "4096"]
+
+
+def network_up(log: Callable[[str], None], sys_root: Path, timeouts: Mapping[str, float]) -> None:
+    """The one interface of qemu's restricted user network, configured by hand (vng's --exec
+    mode runs no DHCP): 10.0.2.15/24; the host device's forwards are at 10.0.2.100."""
+    run_step(log, "modprobe", ["modprobe", "virtio_net"], timeouts["modprobe"])
+    net = sys_root / "class" / "net"
+    deadline = time.monotonic() + timeouts["sysfs"]
+    while not (devices := sorted(d.name for d in net.iterdir() if d.name != "lo")):
+        if time.monotonic() > deadline:
+            raise StepError("network", "no network interface appeared (virtio_net)")
+        time.sleep(0.05)
+    dev, t = devices[0], timeouts["connect"]
+    run_step(log, "network", ["ip", "link", "set", dev, "up"], t)
+    run_step(log, "network", ["ip", "addr", "add", f"{GUEST_ADDR}/24", "dev", dev], t)
 
 
 def _proc_cpu_s(pid: int | str) -> float:
@@ -195,18 +211,7 @@ class GuestRunner:
             self.server.wait_ready()
 
     def _network_up(self, log: Callable[[str], None]) -> None:
-        """The one interface of qemu's restricted user network, configured by hand (vng's
-        --exec mode runs no DHCP): 10.0.2.15/24, the host's forwards at 10.0.2.100."""
-        run_step(log, "modprobe", ["modprobe", "virtio_net"], self.timeouts["modprobe"])
-        net = self.sys_root / "class" / "net"
-        deadline = time.monotonic() + self.timeouts["sysfs"]
-        while not (devices := sorted(d.name for d in net.iterdir() if d.name != "lo")):
-            if time.monotonic() > deadline:
-                raise StepError("network", "no network interface appeared (virtio_net)")
-            time.sleep(0.05)
-        dev, t = devices[0], self.timeouts["connect"]
-        run_step(log, "network", ["ip", "link", "set", dev, "up"], t)
-        run_step(log, "network", ["ip", "addr", "add", f"{GUEST_ADDR}/24", "dev", dev], t)
+        network_up(log, self.sys_root, self.timeouts)
 
     def _apply_sysctls(self, log: Callable[[str], None]) -> None:
         """The plan's sysctls, e.g. net.core.wmem_default (the nbd socket's send buffer)."""

@@ -1,0 +1,199 @@
+"""The campaign orchestrator: a spec's cells run N at a time, resumable, into one directory.
+
+    DIR/campaign.json   the spec (and its hash) this directory belongs to
+    DIR/journal.jsonl   one line per cell event (nbdfork.campaign.journal)
+    DIR/cells/<id>/     each cell's --out: cell.log and the subcommand's report
+    DIR/.running/<name> a running cell's --out (no `=` or `,` for qemu), moved to cells/<id>
+    DIR/previous/<id>/  the partial directory of a cell that is being run again
+    DIR/report.json, report.md, *.png   the merged report (nbdfork.campaign.merge)
+
+asyncio is here because there is real concurrency to wait on: cell subprocesses (local) or Ray
+tasks. SIGINT/SIGTERM stop the campaign cleanly: running cells are stopped and journalled as
+`interrupted`, the report is written for what finished, and the command exits 130.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from nbdfork.campaign.executors import RUNNING, CellOutcome, Executor
+from nbdfork.campaign.journal import Journal, JournalState, read_journal
+from nbdfork.campaign.spec import CampaignSpec, Cell
+from nbdfork.errors import ConfigError
+
+__all__ = [
+    "CAMPAIGN_FILE",
+    "CELLS",
+    "Display",
+    "Outcome",
+    "claim_directory",
+    "pending_cells",
+    "run_cells",
+]
+
+CAMPAIGN_FILE = "campaign.json"
+CAMPAIGN_SCHEMA = "nbdfork.campaign-spec/1"
+CELLS = "cells"
+PREVIOUS = "previous"
+
+
+class Display(Protocol):
+    """Told about each cell as it starts and ends (a progress bar, a log)."""
+
+    def started(self, cell: Cell) -> None: ...
+
+    def finished(self, cell: Cell, event: str, outcome: CellOutcome | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one `campaign run` did."""
+
+    ran: int
+    skipped: int
+    interrupted: bool
+    wall_s: float
+
+
+@contextlib.contextmanager
+def claim_directory(out: Path, spec: CampaignSpec, spec_path: Path, force: bool) -> Iterator[None]:
+    """Lock DIR for this process and check (or record) the spec it belongs to."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CELLS).mkdir(exist_ok=True)
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError("--out", f"{out} is in use by another campaign") from None
+        _check_spec(out, spec, spec_path, force)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_spec(out: Path, spec: CampaignSpec, spec_path: Path, force: bool) -> None:
+    path = out / CAMPAIGN_FILE
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    record: dict[str, Any] = {"created": now}
+    if path.exists():
+        try:
+            record = json.loads(path.read_text())
+        except ValueError:
+            raise ConfigError(str(path), "is not JSON: not a campaign directory?") from None
+        if record.get("spec_hash") != spec.hash and not force:
+            raise ConfigError(str(spec_path), f"differs from the spec {out} was started with "
+                              f"({path}); use --force to run it there anyway")  # fmt: skip
+    record.update(schema=CAMPAIGN_SCHEMA, name=spec.name, seed=spec.seed, spec_hash=spec.hash,
+                  spec_path=str(spec_path), spec=json.loads(spec.source), updated=now,
+                  cells=[c.id for c in spec.cells])  # fmt: skip
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def pending_cells(cells: Sequence[Cell], states: dict[str, JournalState]) -> list[Cell]:
+    """The cells to run: all but those whose last event is `done` under the same key."""
+    return [
+        c for c in cells
+        if not ((s := states.get(c.id)) and s.event == "done" and s.key == c.key)
+    ]  # fmt: skip
+
+
+def _set_aside(out: Path, cell: Cell) -> Path:
+    """An empty DIR/cells/<id>/; a partial one from an earlier attempt goes to previous/."""
+    directory = out / CELLS / cell.id
+    if directory.exists():
+        aside = out / PREVIOUS / cell.id
+        shutil.rmtree(aside, ignore_errors=True)
+        aside.parent.mkdir(exist_ok=True)
+        directory.rename(aside)
+    directory.mkdir(parents=True)
+    return directory
+
+
+async def _run_one(
+    cell: Cell, out: Path, executor: Executor, journal: Journal, display: Display
+) -> None:
+    directory = _set_aside(out, cell)
+    common = {"key": cell.key, "kind": cell.kind, "executor": executor.name}
+    journal.append(cell.id, "start", **common, seed=cell.seed)
+    display.started(cell)
+    try:
+        outcome = await executor.run(cell, directory)
+    except asyncio.CancelledError:
+        journal.append(cell.id, "interrupted", **common)
+        display.finished(cell, "interrupted", None)
+        raise
+    except Exception as exc:  # the executor itself broke (unpacking, a full disk)
+        outcome = CellOutcome(None, f"{type(exc).__name__}: {exc}", 0.0, "?", False)
+    event = "done" if outcome.ok else "failed"
+    journal.append(cell.id, event, **common, exit_status=outcome.exit_status,
+                   error=outcome.error, duration_s=round(outcome.duration_s, 3),
+                   node=outcome.node)  # fmt: skip
+    display.finished(cell, event, outcome)
+
+
+async def _run_all(
+    cells: Sequence[Cell], out: Path, executor: Executor, journal: Journal, *, jobs: int,
+    display: Display,
+) -> bool:  # fmt: skip
+    """Run `cells` `jobs` at a time; True when a signal stopped the campaign."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    queue = collections.deque(cells)
+
+    async def worker() -> None:
+        while queue and not stop.is_set():
+            await _run_one(queue.popleft(), out, executor, journal, display)
+
+    workers = [asyncio.create_task(worker()) for _ in range(max(1, min(jobs, len(cells))))]
+    everything: asyncio.Future[Any] = asyncio.gather(*workers)
+    stopped: asyncio.Future[Any] = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({everything, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            for task in workers:
+                task.cancel()
+        await asyncio.gather(everything, return_exceptions=True)
+        if not stop.is_set():
+            everything.result()  # an unexpected error in a worker
+    finally:
+        stopped.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return stop.is_set()
+
+
+def run_cells(
+    spec: CampaignSpec, out: Path, executor: Executor, jobs: int, display: Display
+) -> Outcome:
+    """Run the cells of `spec` that the journal of `out` does not have as `done`."""
+    started = time.monotonic()
+    todo = pending_cells(spec.cells, read_journal(out))
+    journal = Journal(out)
+    try:
+        main = _run_all(todo, out, executor, journal, jobs=jobs, display=display)
+        interrupted = asyncio.run(main)
+    finally:
+        journal.close()
+        executor.close()
+        with contextlib.suppress(OSError):
+            (out / RUNNING).rmdir()  # empty unless a cell could not be moved into place
+    return Outcome(len(todo), len(spec.cells) - len(todo), interrupted,
+                   time.monotonic() - started)  # fmt: skip

@@ -1,0 +1,367 @@
+"""A campaign spec (TOML) and its expansion into cells.
+
+A spec names the kind of each group of cells (`run`, `crash`, `model`) and its axes; every
+combination of axis values is one cell, which runs one `nbdfork KIND ... --out CELLDIR`
+subprocess. The reserved axis `seed` is the repetition (`seeds = N` is `axes.seed = [0..N-1]`);
+each cell's own seed is derived from the campaign seed and the cell id, so adding a cell never
+changes another cell's seed.
+
+    [campaign]
+    name = "tears"
+    seed = 1                      # default 0: a campaign is reproducible from its spec
+
+    [[cells]]
+    kind = "run"
+    seeds = 3
+    [cells.axes]
+    fs = ["ext4", "xfs"]
+    stable_writes = [0, 1]
+    [cells.options]               # the same for every cell of the group
+    seconds = 10
+    device = ["size=512M", "write-latency=2ms"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nbdfork.errors import ConfigError
+from nbdfork.vm.plan import derive_seed
+
+__all__ = [
+    "KINDS",
+    "OUT",
+    "Cell",
+    "CampaignSpec",
+    "example_kinds",
+    "example_spec",
+    "load_spec",
+    "parse_spec",
+]
+
+KINDS = ("run", "crash", "model", "exec")
+"""Cell kinds; `exec` runs an argv from the spec (tests and benchmarks only)."""
+OUT = "{out}"
+"""Placeholder in a cell's argv for its result directory (local, or a worker's temp dir)."""
+NBDFORK = "nbdfork"
+"""argv[0] of a cell that runs the nbdfork CLI: resolved where the cell runs (Ray workers)."""
+
+_RESERVED = {"out": "set by the campaign", "seed": "derived per cell (use the `seed` axis)",
+             "seeds": "one seed per cell (use `seeds = N` in the [[cells]] table)",
+             "json": "not for campaigns", "help": "not for campaigns"}  # fmt: skip
+_GROUP_KEYS = {"kind", "name", "axes", "options", "seeds", "timeout"}
+_OK_STATUSES = {"run": (0, 1), "crash": (0, 1), "model": (0,), "exec": (0,)}
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._,:+=@%-]")
+GiB = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One subprocess of the campaign: its id, axes, derived seed and argv."""
+
+    id: str
+    kind: str
+    axes: Mapping[str, str]  # axis -> value as written in the id (seed included)
+    seed: int
+    argv: tuple[str, ...]  # NBDFORK and OUT are resolved where the cell runs
+    ok_statuses: tuple[int, ...]  # exit statuses that mean `done` (run/crash: violations)
+    timeout: float | None = None
+
+    @property
+    def cpus(self) -> int:
+        """CPUs a cell occupies: a VM cell boots a 2-vCPU guest."""
+        return 2 if self.kind in ("run", "crash") else 1
+
+    @property
+    def memory(self) -> int:
+        """Bytes a cell needs (the VM's 2 GiB guest plus nbdkit and qemu)."""
+        return int(2.5 * GiB) if self.kind in ("run", "crash") else GiB // 2
+
+    @property
+    def key(self) -> str:
+        """A hash of what the cell runs: a `done` cell is reused only under the same key."""
+        text = json.dumps([self.kind, list(self.argv), self.timeout])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignSpec:
+    """A parsed spec: its name, seed, cells, and the hash that pins a campaign directory."""
+
+    name: str
+    seed: int
+    cells: tuple[Cell, ...]
+    hash: str
+    source: str  # the spec as parsed, canonical JSON (stored in campaign.json)
+
+
+def load_spec(path: Path) -> CampaignSpec:
+    """Read and expand the spec at `path`; a problem is one ConfigError naming the key."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), exc.strerror or str(exc)) from None
+    return parse_spec(text, str(path))
+
+
+def parse_spec(text: str, where: str = "spec") -> CampaignSpec:
+    """Parse and expand TOML `text`; a problem is one ConfigError naming the key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(where, f"not TOML: {exc}") from None
+    _only(data, {"campaign", "cells"}, "")
+    head = _table(data.get("campaign", {}), "campaign")
+    _only(head, {"name", "seed"}, "campaign.")
+    name = head.get("name", "campaign")
+    seed = head.get("seed", 0)
+    if not isinstance(name, str) or not name:
+        raise ConfigError("campaign.name", "must be a non-empty string")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 63:
+        raise ConfigError("campaign.seed", f"{seed!r} must be an integer from 0 to 2**63-1")
+    groups = data.get("cells")
+    if not isinstance(groups, list) or not groups:
+        raise ConfigError("cells", "at least one [[cells]] table is required")
+    cells: list[Cell] = []
+    for index, group in enumerate(groups):
+        cells += _expand(_table(group, f"cells[{index}]"), index, seed)
+    seen: set[str] = set()
+    for cell in cells:
+        if cell.id in seen:
+            raise ConfigError("cells", f"two cells have the id {cell.id!r} (give a group a name)")
+        seen.add(cell.id)
+    source = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    return CampaignSpec(name, seed, tuple(cells), digest, source)
+
+
+def _table(value: object, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be a table")
+    return value
+
+
+def _only(table: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
+    for key in table:
+        if key not in allowed:
+            names = ", ".join(sorted(allowed))
+            raise ConfigError(f"{prefix}{key}", f"unknown key (allowed: {names})")
+
+
+def _scalar(value: object, key: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str) and str(value).strip():
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    raise ConfigError(key, f"{value!r} must be a string, number or boolean")
+
+
+def _axes(group: Mapping[str, Any], where: str) -> dict[str, list[object]]:
+    axes = _table(group.get("axes", {}), f"{where}.axes")
+    result: dict[str, list[object]] = {}
+    for axis, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.axes.{axis}", "must be a non-empty list")
+        for value in values:
+            _scalar(value, f"{where}.axes.{axis}")
+        result[axis] = values
+    seeds = group.get("seeds")
+    if seeds is not None:
+        if "seed" in result:
+            raise ConfigError(f"{where}.seeds", "give either seeds = N or axes.seed, not both")
+        if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= 10_000:
+            raise ConfigError(f"{where}.seeds", f"{seeds!r} must be an integer from 1 to 10000")
+        result["seed"] = list(range(seeds))
+    return result
+
+
+def _expand(group: Mapping[str, Any], index: int, campaign_seed: int) -> list[Cell]:
+    where = f"cells[{index}]"
+    _only(group, _GROUP_KEYS, f"{where}.")
+    kind = group.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}.kind", f"{kind!r} is not one of {', '.join(KINDS[:3])}")
+    prefix = group.get("name", kind)
+    if not isinstance(prefix, str) or not prefix or _ID_UNSAFE.search(prefix):
+        raise ConfigError(f"{where}.name", f"{prefix!r} must be a short name ([A-Za-z0-9._-])")
+    timeout = group.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise ConfigError(f"{where}.timeout", f"{timeout!r} must be a positive number of seconds")
+    axes = _axes(group, where)
+    options = _table(group.get("options", {}), f"{where}.options")
+    overlap = sorted(set(axes) & set(options))
+    if overlap:
+        raise ConfigError(f"{where}.options.{overlap[0]}", "is also an axis")
+    order = sorted(a for a in axes if a != "seed") + (["seed"] if "seed" in axes else [])
+    _check_options(kind, {**dict.fromkeys(order), **options}, where)
+    cells = []
+    # Seeds vary slowest: every setting gets its first seed before any gets its second.
+    outer = axes.get("seed", [None])
+    inner = [a for a in order if a != "seed"]
+    for rep in outer:
+        for combo in itertools.product(*(axes[a] for a in inner)):
+            values = dict(zip(inner, combo, strict=True))
+            if rep is not None:
+                values["seed"] = rep
+            cells.append(_cell(kind, prefix, values, options, campaign_seed=campaign_seed,
+                               timeout=timeout, where=where))
+    return cells
+
+
+def _cell(
+    kind: str, prefix: str, values: Mapping[str, object], options: Mapping[str, Any], *,
+    campaign_seed: int, timeout: float | None, where: str,
+) -> Cell:  # fmt: skip
+    shown = {a: _scalar(v, f"{where}.axes.{a}") for a, v in values.items()}
+    parts = [f"{a}={_ID_UNSAFE.sub('_', v)}" for a, v in shown.items()]
+    cell_id = "-".join([prefix, *parts])
+    seed = derive_seed(campaign_seed, cell_id)
+    settings = {a: v for a, v in values.items() if a != "seed"} | dict(options)
+    argv = _argv(kind, settings, seed=seed, cell_id=cell_id, shown=shown, where=where)
+    return Cell(cell_id, kind, shown, seed, argv, _OK_STATUSES[kind],
+                None if timeout is None else float(timeout))  # fmt: skip
+
+
+def _argv(
+    kind: str, settings: Mapping[str, object], *, seed: int, cell_id: str,
+    shown: Mapping[str, str], where: str,
+) -> tuple[str, ...]:  # fmt: skip
+    if kind == "exec":
+        argv = settings.get("argv")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ConfigError(f"{where}.options.argv", "must be a non-empty list of strings")
+        fields = {**shown, "seed": str(seed), "cell": cell_id, "out": OUT}
+        return tuple(a.format_map(fields) for a in argv)
+    argv = [NBDFORK, kind]
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+        elif isinstance(value, list):
+            for item in value:
+                argv += [flag, _scalar(item, f"{where}.options.{key}")]
+        else:
+            argv += [flag, _scalar(value, f"{where}.options.{key}")]
+    return (*argv, "--seed", str(seed), "--out", OUT)
+
+
+def _check_options(kind: str, settings: Mapping[str, Any], where: str) -> None:
+    """Every axis and option must be an option of `nbdfork KIND` (checked on its parser)."""
+    if kind == "exec":
+        extra = [k for k, v in settings.items() if v is not None and k != "argv"]
+        if extra:
+            raise ConfigError(f"{where}.options.{extra[0]}", "unknown key (allowed: argv)")
+        return
+    actions = _subparser(kind)._option_string_actions
+    for key, value in settings.items():
+        name = f"{where}.options.{key}" if value is not None else f"{where}.axes.{key}"
+        if key == "seed" and value is None:
+            continue
+        if key in _RESERVED:
+            raise ConfigError(name, _RESERVED[key])
+        action = actions.get("--" + key.replace("_", "-"))
+        if action is None:
+            raise ConfigError(name, f"`nbdfork {kind}` has no option --{key.replace('_', '-')}")
+        if action.nargs == 0 and value is not None and not isinstance(value, bool):
+            raise ConfigError(name, "is a flag: true or false")
+        if isinstance(value, list) and not isinstance(action, argparse._AppendAction):
+            raise ConfigError(name, "takes one value (lists are for axes and repeatable options)")
+
+
+def _subparser(kind: str) -> argparse.ArgumentParser:
+    from nbdfork.cli import build_parser  # noqa: PLC0415 - the CLI imports this module
+
+    parser = build_parser()
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction):
+            sub: argparse.ArgumentParser = action.choices[kind]
+            return sub
+    raise ConfigError("kind", f"no subcommand {kind}")  # pragma: no cover
+
+
+_EXAMPLES = {
+    "model": '''\
+# A small page-forking campaign: stable vs fork at 1 ms device latency, 2 seeds each,
+# 2 s of writing per cell (about 6 s a cell, host only: no VM, no KVM needed).
+#   nbdfork campaign example model > spec.toml
+#   nbdfork campaign run spec.toml --out results/campaign
+[campaign]
+name = "model-example"
+seed = 1
+
+[[cells]]
+kind = "model"
+seeds = 2
+timeout = 300
+
+[cells.axes]
+policy = ["stable", "fork"]
+
+[cells.options]
+latency = "1ms"
+reorder = "jitter:0.9"
+seconds = 2
+''',
+    "run": '''\
+# Torn writes under a real kernel: ext4 and xfs, stable_writes 0 and 1, 3 seeds each.
+# Each cell boots a VM (about 2.5 GiB and 2 vCPUs): `--jobs` defaults from cores and memory.
+#   nbdfork campaign example run > spec.toml
+#   nbdfork campaign run spec.toml --out results/tears
+[campaign]
+name = "tears"
+seed = 1
+
+[[cells]]
+kind = "run"
+seeds = 3
+timeout = 1800
+
+[cells.axes]
+fs = ["ext4", "xfs"]
+stable_writes = [0, 1]
+
+[cells.options]
+seconds = 10
+workload = "pwrite"
+device = ["size=512M", "write-latency=2ms"]
+''',
+    "crash": '''\
+# Crash states of ext4 and xfs, 2 seeds each (each cell boots a VM).
+[campaign]
+name = "crash"
+seed = 1
+
+[[cells]]
+kind = "crash"
+seeds = 2
+timeout = 3600
+
+[cells.axes]
+fs = ["ext4", "xfs"]
+
+[cells.options]
+states = 20
+seconds = 5
+''',
+}
+
+
+def example_spec(kind: str) -> str:
+    """A runnable example spec of `kind` (TOML)."""
+    if kind not in _EXAMPLES:
+        raise ConfigError("KIND", f"{kind!r} is not one of {', '.join(_EXAMPLES)}")
+    return _EXAMPLES[kind]
+
+
+def example_kinds() -> Sequence[str]:
+    """The kinds `nbdfork campaign example` knows."""
+    return tuple(_EXAMPLES)

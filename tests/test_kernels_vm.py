@@ -1,0 +1,58 @@
+"""Two kernels side by side (vm tier): Debian's 6.1 and the newest fetched 7.x differ in what
+they offer a direct writer — untorn (RWF_ATOMIC) writes on XFS exist only on the newer one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbdfork.errors import NbdforkError
+from nbdfork.vm.kernel import find_kernel
+from nbdfork.vm.session import MultiKernelSession, RunOptions
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
+
+REQUIRED = os.environ.get("NBDFORK_VM_TESTS") == "1" or os.environ.get("CI") == "true"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One `nbdfork run --kernel 6.1,7 --fs xfs --stable-writes 1 --workload atomic`."""
+    try:
+        find_kernel("7")
+    except NbdforkError as exc:
+        if REQUIRED:
+            pytest.fail(f"no 7.x kernel fetched (scripts/setup fetches one): {exc}")
+        pytest.skip(str(exc))
+    out = tmp_path_factory.mktemp("kernels") / "out"
+    options = RunOptions(out=out, kernel="6.1,7", filesystems=("xfs",), stable_writes=(1,),
+                         workloads=("atomic",), seconds=3.0, seed=12)  # fmt: skip
+    session = MultiKernelSession(options, ["6.1", "7"])
+    return {**session.execute(), "out": str(out)}
+
+
+def _run(report: dict[str, Any], series: str) -> dict[str, Any]:
+    return next(r for r in report["runs"] if r["kernel"].startswith(series + "."))
+
+
+def test_untorn_writes_exist_only_on_the_newer_kernel(report: dict[str, Any]) -> None:
+    """6.1: the atomic workload is skipped (statx offers no atomic write unit); 7.x XFS: it
+    runs, RWF_ATOMIC writes of stamped pages reach the device (software atomic writes)."""
+    old, new = _run(report, "6"), _run(report, "7")
+    assert old["outcome"] == "skipped" and "statx atomic write unit min 0" in old["error"]
+    assert new["outcome"] in ("passed", "violations"), new["error"]
+    assert new["stamped_pages"] > 0
+    workload = json.loads((Path(report["out"]) / new["dir"] / "workload.json").read_text())
+    assert workload["atomic_write_unit_min"] <= 4096 <= workload["atomic_write_unit_max"]
+
+
+def test_one_report_names_both_kernels(report: dict[str, Any]) -> None:
+    """report.json lists both kernels in order; each run names its kernel; device on host."""
+    assert [k.split(".")[0] for k in report["kernels"]] == ["6", "7"]
+    assert {r["kernel"] for r in report["runs"]} == set(report["kernels"])
+    assert report["device_location"] == "host"
+    assert (Path(report["out"]) / "report.md").is_file()
