@@ -123,10 +123,11 @@ class Device:
             self.clock.sleep(delay)
 
     def _conn(self, connection: int) -> DeviceStats:
-        """The counters of one connection (lock held)."""
+        """The counters of one connection (taken under _lock or _reply_lock: setdefault is
+        atomic, so both see one object)."""
         stats = self.connection_stats.get(connection)
         if stats is None:
-            stats = self.connection_stats[connection] = DeviceStats()
+            stats = self.connection_stats.setdefault(connection, DeviceStats())
         return stats
 
     def pread(self, buf: memoryview | bytearray, offset: int, connection: int = 0) -> None:
@@ -189,7 +190,7 @@ class Device:
             if self.trace is not None:
                 flags = FLAG_FUA if w.fua else 0
                 self._record(w, flags, seq, reply, tick)
-        with self._lock:
+            # Counted under the reply lock already held (these fields change only here).
             for stats in (self.stats, self._conn(w.connection)):
                 stats.bytes_written += len(w.data)
                 stats.fua_writes += w.fua

@@ -98,7 +98,7 @@ class InFlight(NamedTuple):
     valid: tuple[tuple[PageKey, int], ...]  # ((lba, stream, page), generation)
     first_sector: int  # req.first_sector, kept for the overlap scan on every arrival
     end_sector: int
-    whole: tuple[int, ...]  # anchors (sectors) of the pages judged whole from the payload
+    stamps: Stamps | None  # the pages judged whole from the payload (None: no stamped page)
     pieces: tuple[Piece, ...]
 
 
@@ -230,7 +230,7 @@ class Oracle:
             raise ValueError(f"write {req.request_id}: payload {len(data)} bytes, length {length}")
         stamps, pieces = find_pages(data, offset)  # outside the lock: pure
         valid = _valid_keys(stamps) if stamps.valid else ()
-        whole = _whole_anchors(stamps) if stamps.stamped else ()
+        whole = stamps if stamps.stamped else None
         first, end = offset // SECTOR_SIZE, -(-(offset + length) // SECTOR_SIZE)
         events: list[Event] = []
         with self._lock:
@@ -283,7 +283,7 @@ class Oracle:
             elif not ok:
                 self._counts["failed_writes"] += 1
                 self._conn(flight.req.connection)["failed_writes"] += 1
-            elif flight.valid or flight.whole or flight.pieces:
+            elif flight.valid or flight.stamps or flight.pieces:
                 events = self._land(flight, time)
             if events:  # emitted under the lock: events.jsonl follows the oracle's history
                 self._count_events(events)
@@ -302,8 +302,9 @@ class Oracle:
                 late.append((key, gen))
         req = flight.req._replace(time=time)
         events = validate_stale(req, late, replied, phase="reply") if late else []
-        for anchor in flight.whole:
-            self._assembling.pop(anchor, None)
+        if self._assembling and flight.stamps is not None:  # a whole page ends an assembly
+            for anchor in _whole_anchors(flight.stamps):
+                self._assembling.pop(anchor, None)
         for piece in flight.pieces:
             events += self._add_piece(req, piece)
         return events
