@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 
 from nbdfork.config import parse_params
-from nbdfork.device.latency import LatencyModel
+from nbdfork.device.latency import MAX_DELAY_S, LatencyModel
 from nbdfork.device.rng import DeviceRng, splitmix64
 
 
@@ -61,3 +61,10 @@ def test_no_latency_configured_is_inactive() -> None:
     model = _model()
     assert not model.active
     assert model.delay("read", 1, 4096) == 0.0
+
+
+def test_every_delay_is_capped_at_an_hour() -> None:
+    """Bounded terms that add up past an hour (latency, bandwidth, a stall) give MAX_DELAY_S."""
+    model = _model(("write-latency", "3600s"), ("bandwidth", "32K"),
+                   ("stall-probability", "1"), ("stall", "3600s"))  # fmt: skip
+    assert max(model.delay("write", i, 64 << 20) for i in range(200)) == MAX_DELAY_S

@@ -7,7 +7,10 @@ import math
 from nbdfork.config import OPS, DeviceConfig, LatencySpec, Op
 from nbdfork.device.rng import DeviceRng
 
-__all__ = ["LatencyModel"]
+__all__ = ["MAX_DELAY_S", "LatencyModel"]
+
+MAX_DELAY_S = 3600.0
+"""The longest a single request is ever held, whatever the drawn latency."""
 
 _PURPOSE = {op: i + 1 for i, op in enumerate(OPS)}
 _STALL_PURPOSE = 16
@@ -33,7 +36,9 @@ class LatencyModel:
             seconds += length / self._bandwidth
         if self._stall_p and self._rng.uniform(_STALL_PURPOSE, request_id) < self._stall_p:
             seconds += self._stall
-        return seconds
+        # Every parameter is bounded at parse time; the cap keeps a lognormal tail draw (or a
+        # sum of bounded terms) a sleep the clock can take, never an OverflowError per request.
+        return min(seconds, MAX_DELAY_S)
 
     def _base(self, op: Op, spec: LatencySpec, request_id: int) -> float:
         if spec.kind == "fixed":
