@@ -123,3 +123,13 @@ def test_mkfs_leaves_room_for_markers() -> None:
     """mkfs is told the filesystem size, so the marker slots lie beyond it."""
     assert mkfs_argv("ext4", "/dev/nbd0", 95 << 20)[-1] == str((95 << 20) // 4096)
     assert f"size={95 << 20}" in mkfs_argv("xfs", "/dev/nbd0", 95 << 20)
+
+
+def test_an_unreadable_file_is_a_ledger_violation_not_a_crash(tmp_path: Path) -> None:
+    """A ledger file the crashed filesystem cannot read (EBADMSG, here EISDIR) is reported."""
+    from nbdfork.campaign.fscheck import check_files  # noqa: PLC0415
+
+    (tmp_path / "f000").mkdir()
+    checkpoint = Checkpoint(0, {"f000": LedgerFile("f000", 7, [1])})
+    problems = check_files(tmp_path, checkpoint)
+    assert problems == [{"file": "f000", "problem": "unreadable: Is a directory"}]

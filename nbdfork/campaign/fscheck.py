@@ -37,7 +37,11 @@ def check_files(mount: Path, checkpoint: Checkpoint) -> list[dict[str, object]]:
         if not path.exists():
             problems.append({"file": entry.name, "problem": "missing"})
             continue
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # e.g. EBADMSG: the filesystem found its own checksums wrong
+            problems.append({"file": entry.name, "problem": f"unreadable: {exc.strerror}"})
+            continue
         problems += _check_pages(entry, data)
     return problems
 

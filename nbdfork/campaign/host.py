@@ -113,7 +113,10 @@ def run_crash(options: CrashOptions) -> dict[str, Any]:
         argv = vng_argv(config, out, _guest_command(out / "crash-plan.json"))
         vm = run_vm(argv, log_path=out / "vm.log", timeouts=vm_timeouts(accel))
     report = _report(out, plan, kernel.release, accel, time.monotonic() - started)
-    report["outcome"] = _outcome(vm.lost, report)
+    control_wanted = plan.control_states > 0 and not plan.ignore_flush
+    report["outcome"] = _outcome(vm.lost, report, control_wanted)
+    fatal = next((e for e in vm.events if e.get("event") == "fatal"), None)
+    report["guest_error"] = str(fatal.get("message")) if fatal else None
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if vm.lost:
         raise VMLost(f"{vm.lost} (guest log: {out / 'guest.log'}, console: {out / 'vm.log'})")
@@ -173,10 +176,12 @@ def _report(out: Path, plan: CrashPlan, kernel: str, accel: str, seconds: float)
     }  # fmt: skip
 
 
-def _outcome(lost: str | None, report: dict[str, Any]) -> str:
+def _outcome(lost: str | None, report: dict[str, Any], control_wanted: bool) -> str:
     if lost:
         return "vm_lost"
     control = report.get("control")
+    if control_wanted and control is None:
+        return "control_failed"  # asked for, never completed: the passes are unconfirmed
     if control is not None and control["ledger_violations"] == 0:
         return "control_failed"  # the checker could not fail: its passes mean nothing
     bad = report["ledger_violations"] + report["fsck_failures"] + report["torn_unexplained"]

@@ -71,6 +71,8 @@ def _handle(args: argparse.Namespace) -> int:
         c = report["control"]
         print(f"control (ignore-flush): {c['states_checked']} states, "
               f"ledger violations {c['ledger_violations']}")  # fmt: skip
+    if report.get("guest_error"):
+        print(f"guest error: {report['guest_error']}")
     for path in paths:
         print(f"  {path}")
     failed = report["outcome"] != "passed"
