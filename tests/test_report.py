@@ -354,3 +354,17 @@ def test_report_command_on_a_bad_directory_raises_report_error(tmp_path: Path) -
     args = _parse(["report", str(tmp_path)])
     with pytest.raises(ReportError, match=r"report\.json: cannot read"):
         args.handler(args)
+
+
+def test_kernels_plot_only_with_several_kernels(tmp_path: Path) -> None:
+    """plot_kernels draws one panel per workload when runs come from two kernels; with one
+    kernel there is nothing to set side by side."""
+    import dataclasses  # noqa: PLC0415
+
+    from nbdfork.report.plots import plot_kernels  # noqa: PLC0415
+
+    report = load_report(GOLDEN / "report.json")
+    assert plot_kernels(report.runs, tmp_path / "one.png") is None
+    other = [dataclasses.replace(r, kernel="7.2.13+deb14-amd64") for r in report.runs]
+    path = plot_kernels([*report.runs, *other], tmp_path / "two.png")
+    assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -21,20 +21,23 @@ from nbdfork.report.findings import ordered, workloads
 from nbdfork.report.schema import Histogram, RunResult
 
 __all__ = [
+    "KERNELS",
     "LATENCY_CDF",
     "PLOT_FILES",
     "TEAR_OFFSETS",
     "TORN_OVER_TIME",
     "latency_cdf",
+    "plot_kernels",
     "plot_tear_offsets",
     "plot_torn_over_time",
     "plot_writer_latency_cdf",
 ]
 
+KERNELS = "kernels.png"
 LATENCY_CDF = "writer_latency_cdf.png"
 TORN_OVER_TIME = "torn_over_time.png"
 TEAR_OFFSETS = "tear_offsets.png"
-PLOT_FILES = (LATENCY_CDF, TORN_OVER_TIME, TEAR_OFFSETS)
+PLOT_FILES = (LATENCY_CDF, TORN_OVER_TIME, TEAR_OFFSETS, KERNELS)
 
 _DPI = 110
 _LINESTYLE = {0: "-", 1: "--"}  # stable_writes: solid off, dashed on
@@ -167,4 +170,41 @@ def plot_tear_offsets(
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Where tears start")
     ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_kernels(runs: Sequence[RunResult], path: Path) -> Path | None:
+    """Kernels side by side: torn per 1,000 stamped pages, one panel per workload (the
+    question it asks), a bar per kernel for each fs x stable_writes; skipped runs show as
+    gaps. None with fewer than two kernels."""
+    kernels = ordered(r.kernel for r in runs)
+    names = workloads(runs)
+    if len(kernels) < 2 or not names:
+        return None
+    fig = Figure(figsize=(4.2 * len(names), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    colors = _colors(kernels)
+    for ax, workload in zip(axes, names, strict=True):
+        mine = [r for r in runs if r.workload == workload]
+        groups = ordered(f"{r.fs} sw={r.stable_writes}" for r in mine)
+        width, top = 0.8 / len(kernels), 0.0
+        for k, kernel in enumerate(kernels):
+            rates = []
+            for group in groups:
+                run = next((r for r in mine if r.kernel == kernel
+                            and f"{r.fs} sw={r.stable_writes}" == group), None)  # fmt: skip
+                ok = run is not None and run.completed and run.stamped_pages > 0
+                rates.append(1000 * run.torn / run.stamped_pages if ok and run else np.nan)
+            xs = [i + (k - (len(kernels) - 1) / 2) * width for i in range(len(groups))]
+            ax.bar(xs, rates, width=width, color=colors[kernel], label=kernel)
+            for x, rate in zip(xs, rates, strict=True):  # a zero and a skip must not look alike
+                label = "skipped" if np.isnan(rate) else f"{rate:.1f}"
+                ax.annotate(label, (x, 0 if np.isnan(rate) else rate), ha="center",
+                            va="bottom", fontsize=6, rotation=90)  # fmt: skip
+            top = max([top, *[r for r in rates if not np.isnan(r)]])
+        ax.set_ylim(0, max(1.0, top * 1.3))
+        ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
+        ax.set_title(workload)
+        ax.set_ylabel("torn per 1,000 stamped pages")
+    axes[0].legend(fontsize="small")
     return _save(fig, path)

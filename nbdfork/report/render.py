@@ -27,10 +27,12 @@ from nbdfork.report.document import (
 from nbdfork.report.events import EVENTS_FILE, TearSamples, read_tears
 from nbdfork.report.findings import findings, ordered, workloads
 from nbdfork.report.plots import (
+    KERNELS,
     LATENCY_CDF,
     PLOT_FILES,
     TEAR_OFFSETS,
     TORN_OVER_TIME,
+    plot_kernels,
     plot_tear_offsets,
     plot_torn_over_time,
     plot_writer_latency_cdf,
@@ -46,6 +48,7 @@ _PLOT_TITLES = {
     LATENCY_CDF: "Writer latency CDF",
     TORN_OVER_TIME: "Torn writes over time",
     TEAR_OFFSETS: "Where in the page tears start",
+    KERNELS: "Kernels side by side: torn pages per workload (each panel one question)",
 }
 
 
@@ -244,6 +247,7 @@ def _write_plots(out_dir: Path, report: MatrixReport) -> list[Path]:
         plot_writer_latency_cdf(report.runs, out_dir / LATENCY_CDF),
         plot_torn_over_time(report.runs, tears, out_dir / TORN_OVER_TIME),
         plot_tear_offsets(report.runs, tears, out_dir / TEAR_OFFSETS),
+        plot_kernels(report.runs, out_dir / KERNELS),
     ]
     written = [p for p in drawn if p is not None]
     # A plot left over from an earlier render would no longer match this report's data.
