@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -167,9 +168,12 @@ def test_sigterm_keeps_the_report(server: Callable[..., Server], tmp_path: Path)
     h.pwrite(_splice(3, 1, old=1, new=2, sectors_new=5), PAGE)
     srv.proc.terminate()
     time.sleep(0.5)  # let nbdkit take the signal
-    with pytest.raises(nbd.Error, match="ESHUTDOWN"):
+    with pytest.raises(nbd.Error) as refused:
         h.pwrite(bytes(PAGE), 0)  # nbdkit's graceful shutdown refuses new requests
-    h.shutdown()
+    # ESHUTDOWN; on a loaded machine nbdkit may already have dropped the idle connection
+    assert refused.value.errno in ("ESHUTDOWN", "ENOTCONN", "ECONNRESET")
+    with contextlib.suppress(nbd.Error):
+        h.shutdown()
     assert srv.proc.wait(20) == 0
     assert [e["event"] for e in _events(report)] == ["torn_write"]
     summary = _summary(report)
