@@ -13,6 +13,7 @@ end a trace re-judged offline must give the live verdicts.
 from __future__ import annotations
 
 import functools
+import os
 import struct
 import tempfile
 from collections.abc import Mapping
@@ -252,7 +253,9 @@ def make_device(tmp: Path, cache: bool) -> tuple[Device, ListSink]:
     return Device(parse_params(params), sink, FakeClock()), sink
 
 
-@settings(max_examples=2000, deadline=None)
+# CI explores the same 2,000 schedules every run (a red CI must mean a change broke them);
+# elsewhere every run draws new ones.
+@settings(max_examples=2000, deadline=None, derandomize=os.environ.get("CI") == "true")
 @given(data=st.data(), shift=st.integers(0, 7), cache=st.booleans())
 def test_device_and_oracle_agree_with_reference(
     data: st.DataObject, shift: int, cache: bool
