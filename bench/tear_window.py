@@ -84,6 +84,10 @@ def run_point(point: Setting, out: Path, seconds: float, seed: int) -> dict[str,
     return {"setting": point.name, "axis": point.axis, "rows": rows, "dir": str(target)}
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     """The sweep table."""
     lines = [
@@ -99,8 +103,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
             rate = 1000 * row["torn"] / row["stamped"] if row["stamped"] else 0.0
             lines.append(
                 f"| {result['setting']} | {row['fs']} | {row['stable_writes']} | "
-                f"{row['torn']} / {row['stamped']} | {rate:.1f} | {row['writer_p99_ms']} | "
-                f"{row['device_p99_ms']} |"
+                f"{row['torn']} / {row['stamped']} | {rate:.1f} | {_ms(row['writer_p99_ms'])} | "
+                f"{_ms(row['device_p99_ms'])} |"
             )
     return "\n".join(lines) + "\n"
 

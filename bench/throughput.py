@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:  # run as a script from a fresh clone: import nbdf
 
 import nbd  # noqa: E402  libnbd's Python binding (python3-libnbd, seen through the venv)
 
+from nbdfork import nbdkit as launch  # noqa: E402
 from nbdfork.oracle.stamp import PAGE_SIZE, encode_pages  # noqa: E402
 
 SCHEMA = "nbdfork.bench.throughput/1"
@@ -208,8 +209,8 @@ class Server:
         self.target = target
         self.socket = workdir / f"{target.name}.sock"
         self.log = (workdir / f"{target.name}.log").open("w")
-        argv = [_tool("nbdkit"), "--foreground", "--exit-with-parent", "--unix", str(self.socket),
-                *target.plugin, f"size={size}"]  # fmt: skip
+        argv = launch.server_argv([*target.plugin, f"size={size}"], unix=self.socket,
+                                  nbdkit=_tool("nbdkit"))  # fmt: skip
         env = dict(os.environ, VIRTUAL_ENV=sys.prefix)  # the plugin finds the venv through it
         self.proc = subprocess.Popen(argv, env=env, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 30

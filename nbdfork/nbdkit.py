@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nbdfork.errors import NbdforkError
@@ -23,6 +23,7 @@ __all__ = [
     "NbdkitError",
     "plugin_argv",
     "plugin_env",
+    "server_argv",
     "start",
     "stop",
     "wait_ready",
@@ -35,16 +36,16 @@ class NbdkitError(NbdforkError):
     """nbdkit could not be started, or stopped serving."""
 
 
-def plugin_argv(
-    params: Mapping[str, str],
+def server_argv(
+    plugin_args: Sequence[str],
     *,
     unix: Path | str | None = None,
     single: bool = False,
     threads: int | None = None,
-    plugin: Path | str = PLUGIN,
     nbdkit: str = "nbdkit",
 ) -> list[str]:
-    """nbdkit serving the plugin: on a unix socket (`unix`), or on stdin/stdout (`single`),
+    """nbdkit serving `plugin_args` (e.g. ["python", PLUGIN, "size=1M"], or ["memory",
+    "size=1M"] for a baseline): on a unix socket (`unix`), or on stdin/stdout (`single`),
     always in the foreground and exiting with its parent; `threads` caps nbdkit's threads."""
     argv = [nbdkit, "--exit-with-parent"]
     if single:
@@ -55,7 +56,21 @@ def plugin_argv(
         argv += ["--unix", str(unix), "--foreground"]
     if threads is not None:
         argv += ["--threads", str(threads)]
-    return [*argv, "python", str(plugin), *(f"{k}={v}" for k, v in params.items())]
+    return [*argv, *plugin_args]
+
+
+def plugin_argv(
+    params: Mapping[str, str],
+    *,
+    unix: Path | str | None = None,
+    single: bool = False,
+    threads: int | None = None,
+    plugin: Path | str = PLUGIN,
+    nbdkit: str = "nbdkit",
+) -> list[str]:
+    """nbdkit serving our plugin with `params` (see server_argv for the rest)."""
+    args = ["python", str(plugin), *(f"{k}={v}" for k, v in params.items())]
+    return server_argv(args, unix=unix, single=single, threads=threads, nbdkit=nbdkit)
 
 
 def plugin_env(venv: str | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:

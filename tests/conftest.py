@@ -14,6 +14,8 @@ from typing import Any
 import nbd
 import pytest
 
+from nbdfork import nbdkit as launch
+
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "plugin" / "nbdfork_plugin.py"
 
@@ -32,10 +34,11 @@ def nbdkit_env() -> dict[str, str]:
 
 def plugin_argv(*params: str, single: bool = True) -> list[str]:
     """nbdkit argv serving the plugin on stdin/stdout (-s) with `params`."""
-    argv = [_require("nbdkit"), "--exit-with-parent"]
     if single:
-        argv.append("-s")
-    return [*argv, "python", str(PLUGIN), *params]
+        return launch.server_argv(["python", str(PLUGIN), *params], single=True,
+                                  nbdkit=_require("nbdkit"))  # fmt: skip
+    # Without a transport: the caller adds its own (e.g. `--run true` to test config errors).
+    return [_require("nbdkit"), "--exit-with-parent", "python", str(PLUGIN), *params]
 
 
 @pytest.fixture
@@ -76,11 +79,10 @@ class Server:
     """nbdkit with the plugin listening on a unix socket, run as a separate process."""
 
     def __init__(self, socket: Path, params: list[str]) -> None:
-        argv = [_require("nbdkit"), "--foreground", "--unix", str(socket), "python", str(PLUGIN)]
+        argv = launch.server_argv(["python", str(PLUGIN), *params], unix=socket,
+                                  nbdkit=_require("nbdkit"))  # fmt: skip
         self.socket = socket
-        self.proc = subprocess.Popen(
-            [*argv, *params], env=nbdkit_env(), stderr=subprocess.PIPE, text=True
-        )
+        self.proc = subprocess.Popen(argv, env=nbdkit_env(), stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 20
         while not socket.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
