@@ -133,3 +133,20 @@ def test_an_unreadable_file_is_a_ledger_violation_not_a_crash(tmp_path: Path) ->
     checkpoint = Checkpoint(0, {"f000": LedgerFile("f000", 7, [1])})
     problems = check_files(tmp_path, checkpoint)
     assert problems == [{"file": "f000", "problem": "unreadable: Is a directory"}]
+
+
+def test_crash_report_renders_through_the_shared_document_model(tmp_path: Path) -> None:
+    """report.md and report.html come from one block list: the same table rows in both."""
+    from nbdfork.campaign.render import render_crash_report  # noqa: PLC0415
+
+    summary = {"states_checked": 4, "ledger_violations": 0, "fsck_failures": 0,
+               "torn_unexplained": 0}  # fmt: skip
+    report = {"fs": "ext4", "kernel": "6.1.0-57-amd64", "outcome": "passed", "seed": 1,
+              "accel": "tcg", "duration_s": 9.0, "device": {"size": "96M"},
+              "workload": {"seconds": 2}, "device_location": "host", "points": "any",
+              "states": [{"checkpoint": 0, "outcome": "passed"}] * 4, **summary,
+              "control": {**summary, "ledger_violations": 3, "states_checked": 3}}  # fmt: skip
+    md, page, png = render_crash_report(tmp_path, report)
+    assert "| ignore-flush control | 3 | 3 | 0 | 0 |" in md.read_text()
+    assert '<td class="r">3</td>' in page.read_text() and "device on the host" in md.read_text()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -39,6 +39,7 @@ def test_crash_campaign_passes_and_control_fails(fs: str, tmp_path: Path) -> Non
     assert report["control"]["states_checked"] == 3
     assert report["control"]["ledger_violations"] > 0
     assert report["outcome"] == "passed"
-    md, png = render_crash_report(options.out.absolute(), report)
+    md, page, png = render_crash_report(options.out.absolute(), report)
+    assert "ignore-flush control" in page.read_text()
     assert "ignore-flush control | 3 |" in md.read_text()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,12 +1,25 @@
-"""report.md and the outcomes plot of a crash campaign (matplotlib, Agg)."""
+"""report.md/html and the outcomes plot of a crash campaign (matplotlib, Agg), through the
+document model every nbdfork report shares (nbdfork.report.document)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["render_crash_report"]
+from nbdfork.report.document import (
+    Block,
+    Heading,
+    Image,
+    Paragraph,
+    Table,
+    code,
+    to_html,
+    to_markdown,
+)
+
+__all__ = ["crash_blocks", "render_crash_report"]
 
 _OUTCOMES = ("passed", "ledger_violation", "fsck_failure", "torn")
 _COLORS = {"passed": "#4c9a2a", "ledger_violation": "#c0392b", "fsck_failure": "#8e44ad",
@@ -38,45 +51,51 @@ def _plot(rows: list[dict[str, Any]], control: list[dict[str, Any]], path: Path)
     fig.savefig(path, dpi=110)
 
 
-def _table(title: str, summary: dict[str, Any]) -> list[str]:
-    return [
-        f"| {title} | {summary['states_checked']} | {summary['ledger_violations']} | "
-        f"{summary['fsck_failures']} | {summary['torn_unexplained']} |"
-    ]
+def _row(title: str, summary: dict[str, Any]) -> tuple[str, ...]:
+    return (title, str(summary["states_checked"]), str(summary["ledger_violations"]),
+            str(summary["fsck_failures"]), str(summary["torn_unexplained"]))  # fmt: skip
+
+
+def crash_blocks(report: dict[str, Any], plot: str) -> list[Block]:
+    """The crash report as document blocks (the same model `nbdfork run`'s report uses)."""
+    control = report.get("control")
+    rows = (_row("device", report), *([_row("ignore-flush control", control)] if control else []))
+    where = report.get("device_location", "guest")
+    blocks: list[Block] = [
+        Heading(f"nbdfork crash campaign: {report['fs']} on Linux {report['kernel']}", 1),
+        Paragraph(f"Outcome: {code(str(report['outcome']))} — seed {report['seed']}, accel "
+                  f"{report['accel']}, {report['duration_s']} s, device on the {where} "
+                  f"{code(json.dumps(report['device']))}, workload "
+                  f"{code(json.dumps(report['workload']))}, crash points "
+                  f"{code(str(report.get('points', 'checkpoint')))}."),
+        Table(("run", "states", "ledger violations", "fsck failures", "unexplained tears"),
+              rows, ("l", "r", "r", "r", "r")),
+        Paragraph("The control replays the same trace on a device that acknowledges FLUSH and "
+                  "FUA without making anything durable: it must show ledger violations, or the "
+                  "check proves nothing. No state is cut before the workload's first "
+                  "checkpoint (mkfs, mount and the first fsync done)."),
+    ]  # fmt: skip
+    if report.get("guest_error"):
+        blocks.append(Paragraph(f"Guest error: {code(str(report['guest_error']))}"))
+    return [*blocks, Image(plot, "outcomes per crash point"),
+            Paragraph("Every state is reproducible from (trace, seed, point, index): see "
+                      "report.json `states`.")]  # fmt: skip
 
 
 def render_crash_report(out: Path, report: dict[str, Any]) -> list[Path]:
-    """Write OUT/report.md and OUT/crash_outcomes.png; return their paths."""
+    """Write OUT/report.md, OUT/report.html and OUT/crash_outcomes.png; return their paths."""
     rows, control = report["states"], report.get("control")
     control_rows = _control_rows(out) if control else []
     png = out / "crash_outcomes.png"
     _plot(rows, control_rows, png)
-    lines = [
-        f"# nbdfork crash campaign: {report['fs']} on Linux {report['kernel']}",
-        "",
-        f"Outcome: **{report['outcome']}** — seed {report['seed']}, accel {report['accel']}, "
-        f"{report['duration_s']} s, device {report['device']}, workload {report['workload']}.",
-        "",
-        "| run | states | ledger violations | fsck failures | unexplained tears |",
-        "|---|---|---|---|---|",
-        *_table("device", report),
-        *(_table("ignore-flush control", control) if control else []),
-        "",
-        "The control replays the same trace on a device that acknowledges FLUSH and FUA without "
-        "making anything durable: it must show ledger violations, or the check proves nothing.",
-        "",
-        f"![outcomes per crash point]({png.name})",
-        "",
-        "Every state is reproducible from (trace, seed, point, index): see report.json `states`.",
-    ]
-    md = out / "report.md"
-    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return [md, png]
+    blocks = crash_blocks(report, png.name)
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(to_markdown(blocks), encoding="utf-8")
+    page.write_text(to_html(blocks, f"nbdfork crash campaign: {report['fs']}"), encoding="utf-8")
+    return [md, page, png]
 
 
 def _control_rows(out: Path) -> list[dict[str, Any]]:
-    import json  # noqa: PLC0415
-
     path = out / "control" / "states.json"
     rows: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
     return rows
