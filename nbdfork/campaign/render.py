@@ -64,7 +64,7 @@ def crash_blocks(report: dict[str, Any], plot: str) -> list[Block]:
     blocks: list[Block] = [
         Heading(f"nbdfork crash campaign: {report['fs']} on Linux {report['kernel']}", 1),
         Paragraph(f"Outcome: {code(str(report['outcome']))} — seed {report['seed']}, accel "
-                  f"{report['accel']}, {report['duration_s']} s, device on the {where} "
+                  f"{report['accel']}, {report['duration_s']} s, device {_where(where)} "
                   f"{code(json.dumps(report['device']))}, workload "
                   f"{code(json.dumps(report['workload']))}, crash points "
                   f"{code(str(report.get('points', 'checkpoint')))}."),
@@ -99,3 +99,8 @@ def _control_rows(out: Path) -> list[dict[str, Any]]:
     path = out / "control" / "states.json"
     rows: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
     return rows
+
+
+def _where(location: str) -> str:
+    """`on the host` or `in the guest`, as a reader says it."""
+    return "in the guest" if location == "guest" else f"on the {location}"

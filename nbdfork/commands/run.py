@@ -160,10 +160,10 @@ def _ms(value: float | None) -> str:
 
 def results_table(report: Mapping[str, Any]) -> Table:
     """The short end-of-run table: one row per configuration."""
-    where = report.get("device_location", "guest")
+    where = "in the guest" if report.get("device_location") == "guest" else "on the host"
     table = Table(
-        title=f"nbdfork run: kernel {report['kernel']} ({report['accel']}), device on the "
-        f"{where}, seed {report['seed']}",
+        title=f"nbdfork run: kernel {report['kernel']} ({report['accel']}), device {where}, "
+        f"seed {report['seed']}",
         caption="p50/p99/max: the writer's pwrite latency; device p99: the device's own WRITE "
         "service time (arrival to reply)",
     )

@@ -86,7 +86,7 @@ def _header(report: MatrixReport) -> list[Block]:
         Heading(f"nbdfork report: {report.kernel}", 1),
         Bullets((
             f"Kernel: {code(report.kernel)}, accel {report.accel}",
-            f"Device: on the {report.device_location}"
+            f"Device: {_where(report.device_location)}"
             + (f" ({report.transport})" if report.transport else ""),
             "Guest sysctls: "
             + (", ".join(f"{code(k)}={v}" for k, v in report.sysctls.items()) or "none set"),
@@ -266,3 +266,8 @@ def render_report(out_dir: Path) -> list[Path]:
     md.write_text(to_markdown(blocks), encoding="utf-8")
     page.write_text(to_html(blocks, f"nbdfork report: {report.kernel}"), encoding="utf-8")
     return [md, page, *plots]
+
+
+def _where(location: str) -> str:
+    """`on the host` or `in the guest`, as a reader says it."""
+    return "in the guest" if location == "guest" else f"on the {location}"
