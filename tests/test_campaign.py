@@ -150,3 +150,42 @@ def test_crash_report_renders_through_the_shared_document_model(tmp_path: Path) 
     assert "| ignore-flush control | 3 | 3 | 0 | 0 |" in md.read_text()
     assert '<td class="r">3</td>' in page.read_text() and "device on the host" in md.read_text()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_half_of_an_atomic_write_is_a_violation(tmp_path: Path) -> None:
+    """A file rewritten only by whole-file atomic writes must hold one generation: pages of
+    generations 3 and 4 side by side are reported; the ledger keeps the atomic flag."""
+    from nbdfork.campaign.fscheck import check_files  # noqa: PLC0415
+    from nbdfork.oracle.stamp import encode_pages  # noqa: PLC0415
+
+    (tmp_path / "f000").write_bytes(encode_pages(1000, 0, [4, 4, 3, 3]))
+    (tmp_path / "f001").write_bytes(encode_pages(1001, 0, [4, 4, 4, 4]))
+    checkpoint = Checkpoint(0, {"f000": LedgerFile("f000", 1000, [3] * 4, True),
+                                "f001": LedgerFile("f001", 1001, [3] * 4, True)})  # fmt: skip
+    assert check_files(tmp_path, checkpoint) == [
+        {"file": "f000", "problem": "half of an atomic write", "generations": [3, 4]}
+    ]
+    ledger = Ledger(0, [checkpoint])
+    assert Ledger.from_json(json.loads(json.dumps(ledger.to_json()))) == ledger
+    plain = Checkpoint(0, {"f000": LedgerFile("f000", 1000, [3] * 4)})
+    assert check_files(tmp_path, plain) == []  # without the flag, mixed pages are legal
+
+
+def test_atomic_ledger_workload_marks_every_file_atomic_or_says_why_not(tmp_path: Path) -> None:
+    """With atomic=True the workload rewrites whole files in one RWF_ATOMIC write, and every
+    checkpoint records the files as atomic with one generation each; where statx offers no
+    unit for a whole file it refuses with the limits it saw."""
+    from nbdfork.campaign.workload import FsyncLedgerWorkload  # noqa: PLC0415
+
+    mount, device = tmp_path / "m", tmp_path / "dev"
+    mount.mkdir()
+    device.write_bytes(bytes(1 << 20))
+    workload = FsyncLedgerWorkload(mount, device, 0, files=2, pages=4, seconds=0.3, seed=1,
+                                   atomic=True)  # fmt: skip
+    try:
+        ledger = workload.run()
+    except OSError as exc:
+        assert "no atomic write of 16384 bytes here: statx atomic write unit" in str(exc)
+        return
+    last = ledger.checkpoints[-1].files
+    assert all(f.atomic and len(set(f.generations)) == 1 for f in last.values())

@@ -52,6 +52,7 @@ def test_each_connection_reports_its_own_counters(
     assert one is not None and two is not None
     assert (one["connection"], one["writes"], one["counts"]["stale_write"]) == (1, 2, 1)
     assert (two["connection"], two["writes"], two["flushes"], two["stamped_pages"]) == (2, 3, 1, 3)
+    assert two["write_sizes"] == {"4096": 3} and one["write_sizes"] == {"4096": 2}
     assert two["counts"] == {"torn_write": 0, "stale_write": 0, "overlapping_write": 0}
     assert 0 <= one["opened_s"] <= one["closed_s"] <= two["opened_s"]
     run_dir = tmp_path / "run"

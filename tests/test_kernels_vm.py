@@ -56,3 +56,26 @@ def test_one_report_names_both_kernels(report: dict[str, Any]) -> None:
     assert {r["kernel"] for r in report["runs"]} == set(report["kernels"])
     assert report["device_location"] == "host"
     assert (Path(report["out"]) / "report.md").is_file()
+
+
+def test_no_crash_state_holds_half_of_an_atomic_write(tmp_path: Path) -> None:
+    """7.x XFS, whole files rewritten by RWF_ATOMIC: crash states cut anywhere pass (no file
+    half old, half new; nothing fsynced lost) and the ignore-flush control loses writes."""
+    from nbdfork.campaign.host import CrashOptions, run_crash  # noqa: PLC0415
+
+    try:
+        find_kernel("7")
+    except NbdforkError as exc:
+        if REQUIRED:
+            pytest.fail(f"no 7.x kernel fetched (scripts/setup fetches one): {exc}")
+        pytest.skip(str(exc))
+    options = CrashOptions(out=tmp_path / "crash", fs="xfs", states=4, control_states=2,
+                           seconds=2, seed=8, kernel="7", points="any",
+                           workload="atomic")  # fmt: skip
+    report = run_crash(options)
+    assert report["workload"]["kind"] == "atomic" and report["guest_error"] is None
+    assert (report["states_checked"], report["outcome"]) == (4, "passed")
+    assert report["control"]["ledger_violations"] > 0
+    ledger = json.loads((tmp_path / "crash" / "campaign" / "ledger.json").read_text())
+    assert len(ledger["checkpoints"]) > 8  # creations plus atomic rewrites
+    assert all(v[2:] == [True] for v in ledger["checkpoints"][-1]["files"].values())

@@ -43,7 +43,20 @@ def check_files(mount: Path, checkpoint: Checkpoint) -> list[dict[str, object]]:
             problems.append({"file": entry.name, "problem": f"unreadable: {exc.strerror}"})
             continue
         problems += _check_pages(entry, data)
+        if entry.atomic:
+            problems += _check_untorn(entry, data)
     return problems
+
+
+def _check_untorn(entry: LedgerFile, data: bytes) -> list[dict[str, object]]:
+    """A file rewritten only by whole-file atomic writes holds one generation in every page."""
+    chunks = [data[p * PAGE_SIZE : (p + 1) * PAGE_SIZE] for p in range(len(entry.generations))]
+    decoded = [decode_page(c) for c in chunks if len(c) == PAGE_SIZE]  # short: reported already
+    gens = sorted({d.generation for d in decoded
+                   if d.status is PageStatus.VALID and d.generation is not None})  # fmt: skip
+    if len(gens) > 1:
+        return [{"file": entry.name, "problem": "half of an atomic write", "generations": gens}]
+    return []
 
 
 def _check_pages(entry: LedgerFile, data: bytes) -> list[dict[str, object]]:

@@ -27,6 +27,7 @@ from nbdfork.vm.guest import (
     DEFAULT_TIMEOUTS,
     Reporter,
     StepError,
+    link_modules,
     nbd_client_argv,
     network_up,
     run_step,
@@ -59,6 +60,8 @@ class CrashPlan:
     files: int = 8
     pages: int = 4
     points: str = "checkpoint"
+    workload: str = "fsync"  # or "atomic": whole-file RWF_ATOMIC rewrites (7.x XFS)
+    modules_dir: str | None = None  # a fetched or user kernel's module tree
     device_location: str = "guest"  # "host": nbdkit on the host, trace written there
     nbd_target: tuple[str, ...] = ()  # host device: (address, port) of the guest's forward
     host_trace: str = ""  # host device: where the host's nbdkit writes the trace (shared)
@@ -140,6 +143,7 @@ class GuestCampaign:
                     _MOUNT, Path(dev), fs_bytes + MARKER_GAP, files=self.plan.files,
                     pages=self.plan.pages,
                     seconds=self.plan.seconds, seed=self.plan.seed,
+                    atomic=self.plan.workload == "atomic",
                 )  # fmt: skip
                 ledger = workload.run()
             finally:
@@ -173,6 +177,7 @@ class GuestCampaign:
 
 
 def _prepare(plan: CrashPlan, log: Reporter) -> None:
+    link_modules(plan.modules_dir)
     run_step(log.log, "modprobe", ["modprobe", "-a", "nbd", "loop", plan.fs], 60)
     if plan.device_location == "host":
         network_up(log.log, Path("/sys"), DEFAULT_TIMEOUTS)

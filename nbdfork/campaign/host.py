@@ -21,7 +21,7 @@ from nbdfork import nbdkit as launch
 from nbdfork.campaign.guest import CrashPlan
 from nbdfork.campaign.states import POINT_KINDS
 from nbdfork.errors import ConfigError, VMError, VMLost
-from nbdfork.vm.kernel import detect_accel, find_kernel, validate_kernel
+from nbdfork.vm.kernel import Kernel, detect_accel, find_kernel, validate_kernel
 from nbdfork.vm.plan import FIRST_PORT, GUEST_FORWARD_ADDR
 from nbdfork.vm.run import VMConfig, find_vng, forward_opts, run_vm, vm_timeouts, vng_argv
 
@@ -49,6 +49,7 @@ class CrashOptions:
     kernel: str | None = None
     points: str = "checkpoint"
     device_location: str = "host"
+    workload: str = "fsync"
 
     def validate(self) -> None:
         """ConfigError naming the first bad option."""
@@ -62,6 +63,8 @@ class CrashOptions:
             raise ConfigError("--points", f"{self.points!r}: use one of {', '.join(POINT_KINDS)}")
         if not 0 < self.seconds <= 600:
             raise ConfigError("--seconds", f"{self.seconds:g} must be in (0, 600]")
+        if self.workload not in ("fsync", "atomic"):
+            raise ConfigError("--workload", f"{self.workload!r}: fsync or atomic")
         if self.device_location not in ("host", "guest"):
             raise ConfigError("--device-location", f"{self.device_location!r}: host or guest")
 
@@ -103,6 +106,7 @@ def run_crash(options: CrashOptions) -> dict[str, Any]:
         fs=options.fs, states=options.states, control_states=options.control_states,
         seconds=options.seconds, seed=seed, ignore_flush=options.ignore_flush,
         size=f"{size}M", size_bytes=size << 20, points=options.points,
+        workload=options.workload, modules_dir=_modules_dir(kernel),
     )  # fmt: skip
     # The guest sees the tree read-only: without .pyc files every import compiles from source.
     compileall.compile_dir(PROJECT / "nbdfork", quiet=2, workers=1)
@@ -121,6 +125,13 @@ def run_crash(options: CrashOptions) -> dict[str, Any]:
     if vm.lost:
         raise VMLost(f"{vm.lost} (guest log: {out / 'guest.log'}, console: {out / 'vm.log'})")
     return report
+
+
+def _modules_dir(kernel: Kernel) -> str | None:
+    """The module tree the guest must link at /lib/modules/RELEASE, if it is not there."""
+    if kernel.modules is None or kernel.modules == Path("/lib/modules") / kernel.release:
+        return None
+    return str(kernel.modules)
 
 
 @contextlib.contextmanager
@@ -167,7 +178,8 @@ def _report(out: Path, plan: CrashPlan, kernel: str, accel: str, seconds: float)
         "started": dt.datetime.now(dt.UTC).isoformat(), "duration_s": round(seconds, 1),
         "device": {"size": plan.size, "cache": "volatile", "ignore_flush": plan.ignore_flush},
         "device_location": plan.device_location,
-        "workload": {"seconds": plan.seconds, "files": plan.files, "pages": plan.pages},
+        "workload": {"kind": plan.workload, "seconds": plan.seconds, "files": plan.files,
+                     "pages": plan.pages},
         "points": plan.points,
         **summarize_states(rows),
         "control": None if control is None else {"ignore_flush": True,

@@ -5,7 +5,9 @@ fsynced, renamed into place and the directory fsynced; then pages of random file
 rewritten with newer generations and fsynced. After every fsync returns, the workload reads
 one 4 KiB block of the raw device beyond the filesystem's end with O_DIRECT: that read is a
 *checkpoint marker* in the device's trace, so a crash point can be matched to exactly what
-the ledger says was durable by then, with no clock to correlate.
+the ledger says was durable by then, with no clock to correlate. With `atomic`, a rewrite
+replaces the whole file (all its pages, one generation) in one RWF_ATOMIC direct write: no
+crash state may then hold a file half old, half new.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbdfork.oracle.stamp import PAGE_SIZE, encode_page
+from nbdfork.oracle.stamp import PAGE_SIZE, encode_page, encode_pages
+from nbdfork.workloads.atomic import RWF_ATOMIC, atomic_limits
 
 __all__ = ["MARKER_GAP",
     "MARKER_SLOTS", "Checkpoint", "FsyncLedgerWorkload", "Ledger", "LedgerFile"]
@@ -36,6 +39,7 @@ class LedgerFile:
     name: str
     stream: int
     generations: list[int]
+    atomic: bool = False  # rewritten whole, as one RWF_ATOMIC write: never half old, half new
 
 
 @dataclass(slots=True)
@@ -59,7 +63,8 @@ class Ledger:
             "marker_offset": self.marker_offset,
             "checkpoints": [
                 {"index": c.index,
-                 "files": {n: [f.stream, f.generations] for n, f in c.files.items()}}
+                 "files": {n: [f.stream, f.generations, *([True] if f.atomic else [])]
+                           for n, f in c.files.items()}}
                 for c in self.checkpoints
             ],
         }  # fmt: skip
@@ -69,8 +74,8 @@ class Ledger:
         """Inverse of to_json."""
         checkpoints = []
         for raw in data["checkpoints"]:
-            files = {n: LedgerFile(n, int(s), [int(x) for x in g])
-                     for n, (s, g) in raw["files"].items()}  # fmt: skip
+            files = {n: LedgerFile(n, int(v[0]), [int(x) for x in v[1]], bool(v[2:]))
+                     for n, v in raw["files"].items()}  # fmt: skip
             checkpoints.append(Checkpoint(int(raw["index"]), files))
         return cls(int(data["marker_offset"]), checkpoints)
 
@@ -80,7 +85,7 @@ class FsyncLedgerWorkload:
 
     def __init__(
         self, mount: Path, device: Path, marker_offset: int, *, files: int = 8,
-        pages: int = 4, seconds: float = 5.0, seed: int = 0,
+        pages: int = 4, seconds: float = 5.0, seed: int = 0, atomic: bool = False,
     ) -> None:  # fmt: skip
         self.mount = mount
         self.device = device
@@ -91,11 +96,15 @@ class FsyncLedgerWorkload:
         self.rng = random.Random(seed)
         self._durable: dict[str, LedgerFile] = {}
         self._marker = mmap.mmap(-1, PAGE_SIZE)  # page-aligned buffer for O_DIRECT
+        self.atomic = atomic
+        self._unit = mmap.mmap(-1, pages * PAGE_SIZE) if atomic else None
 
     def run(self) -> Ledger:
         """Create the files, then rewrite pages until the time is up; return the ledger."""
         for index in range(self.files):
             self._create(index)
+        if self.atomic:
+            self._require_atomic(self.mount / "f000")
         deadline = time.monotonic() + self.seconds
         while time.monotonic() < deadline:
             self._rewrite(self.rng.randrange(self.files))
@@ -113,12 +122,42 @@ class FsyncLedgerWorkload:
             os.close(fd)
         os.rename(tmp, self.mount / name)
         self._fsync_dir()
-        self._durable[name] = LedgerFile(name, stream, [1] * self.pages)
+        self._durable[name] = LedgerFile(name, stream, [1] * self.pages, self.atomic)
+        self._checkpoint()
+
+    def _require_atomic(self, path: Path) -> None:
+        """The whole file must fit one untorn write here (statx), or the campaign is moot."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            unit_min, unit_max, _ = atomic_limits(fd)
+        finally:
+            os.close(fd)
+        size = self.pages * PAGE_SIZE
+        if not unit_min <= size <= unit_max:
+            raise OSError(f"no atomic write of {size} bytes here: statx atomic write unit min "
+                          f"{unit_min} / max {unit_max} (kernel {os.uname().release})")
+
+    def _rewrite_atomic(self, entry: LedgerFile) -> None:
+        """Every page of the file at the next generation, as ONE RWF_ATOMIC direct write."""
+        assert self._unit is not None
+        generation = max(entry.generations) + 1
+        self._unit[:] = encode_pages(entry.stream, 0, [generation] * self.pages)
+        fd = os.open(self.mount / entry.name, os.O_WRONLY | os.O_DIRECT)
+        try:
+            if os.pwritev(fd, [self._unit], 0, RWF_ATOMIC) != len(self._unit):
+                raise OSError(f"short atomic write to {entry.name}")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        entry.generations = [generation] * self.pages
         self._checkpoint()
 
     def _rewrite(self, index: int) -> None:
         name = f"f{index:03d}"
         entry = self._durable[name]
+        if self.atomic:
+            self._rewrite_atomic(entry)
+            return
         page = self.rng.randrange(self.pages)
         generation = entry.generations[page] + 1
         fd = os.open(self.mount / name, os.O_WRONLY)
@@ -139,7 +178,8 @@ class FsyncLedgerWorkload:
 
     def _checkpoint(self) -> None:
         index = len(self.ledger.checkpoints)
-        files = {n: LedgerFile(n, f.stream, list(f.generations)) for n, f in self._durable.items()}
+        files = {n: LedgerFile(n, f.stream, list(f.generations), f.atomic)
+                 for n, f in self._durable.items()}  # fmt: skip
         self.ledger.checkpoints.append(Checkpoint(index, files))
         offset = self.ledger.marker_offset + (index % MARKER_SLOTS) * PAGE_SIZE
         fd = os.open(self.device, os.O_RDONLY | os.O_DIRECT)

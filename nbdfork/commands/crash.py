@@ -47,6 +47,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     parser.add_argument("--kernel", help="6.1, 6.12, a release, or a bzImage/vmlinuz path")
     parser.add_argument(
+        "--workload", choices=("fsync", "atomic"), default="fsync",
+        help="fsync: pages rewritten and fsynced; atomic: whole files rewritten as one "
+        "RWF_ATOMIC write (XFS on 6.16+): no state may hold half of one",
+    )  # fmt: skip
+    parser.add_argument(
         "--device-location", choices=("host", "guest"), default="host",
         help="run the traced device on the host (default) or in the guest",
     )  # fmt: skip
@@ -60,7 +65,7 @@ def _handle(args: argparse.Namespace) -> int:
     options = CrashOptions(
         out=args.out, fs=args.fs, states=args.states, control_states=args.control_states,
         seconds=args.seconds, seed=args.seed, ignore_flush=args.ignore_flush, kernel=args.kernel,
-        points=args.points, device_location=args.device_location,
+        points=args.points, device_location=args.device_location, workload=args.workload,
     )  # fmt: skip
     report = run_crash(options)
     paths = render_crash_report(options.out.absolute(), report)

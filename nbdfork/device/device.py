@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 from array import array
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 
 from nbdfork.config import DeviceConfig, Op
@@ -86,6 +87,9 @@ class Device:
         # Seconds from arrival to landing of each WRITE, per connection: the device's own
         # service time (latency, reorder wait, queueing on its locks), beside the writer's stall.
         self.service_times: dict[int, array[float]] = {}
+        # WRITE lengths per connection: how the kernel's writeback sizes its requests (large
+        # folios show as WRITEs of whole multi-page folios).
+        self.write_sizes: dict[int, Counter[int]] = {}
         self.started = self.clock.now()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -197,7 +201,9 @@ class Device:
             service = self.service_times.get(w.connection)
             if service is None:
                 service = self.service_times[w.connection] = array("d")
+                self.write_sizes[w.connection] = Counter()
             service.append(reply - w.arrival)
+            self.write_sizes[w.connection][len(w.data)] += 1
 
     def write_fail(self, w: PendingWrite) -> None:
         """The WRITE failed: nothing of it reaches the media; it leaves the in-flight set."""

@@ -157,6 +157,8 @@ class DeviceService:
             "stamped_pages": stamped,
             "oracle": counts,
             "write_service_ms": service_percentiles(device.service_times.get(connection)),
+            "write_sizes": {str(k): v for k, v in
+                            sorted(device.write_sizes.get(connection, {}).items())},
             **(stats.as_dict() if stats is not None else DeviceStats().as_dict()),
         }
 

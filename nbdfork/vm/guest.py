@@ -44,6 +44,7 @@ __all__ = [
     "cpu_usage",
     "main",
     "nbd_client_argv",
+    "link_modules",
     "nbdkit_argv",
     "network_up",
     "run_step",
@@ -105,6 +106,17 @@ def nbd_client_argv(target: list[str], device: str, *, export: str = "") -> list
     writes the kernel did not mean); `export` is the NBD export name."""
     name = ["-N", export] if export else []
     return ["nbd-client", *name, *target, device, "-b", "4096"]
+
+
+def link_modules(modules_dir: str | None) -> None:
+    """A user's or a fetched kernel's module tree, seen at /lib/modules/RELEASE (the guest's
+    /lib is an overlay, so this changes nothing on the host)."""
+    if not modules_dir:
+        return
+    target = Path("/lib/modules") / os.uname().release
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(modules_dir)
 
 
 def network_up(log: Callable[[str], None], sys_root: Path, timeouts: Mapping[str, float]) -> None:
@@ -231,14 +243,7 @@ class GuestRunner:
         write_json(self.out / GUEST_SYSCTLS_FILE, values)
 
     def _link_modules(self) -> None:
-        """A user kernel's module tree, seen at /lib/modules/RELEASE (the guest's /lib is an
-        overlay, so this changes nothing on the host)."""
-        if not self.plan.modules_dir:
-            return
-        target = Path("/lib/modules") / os.uname().release
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(self.plan.modules_dir)
+        link_modules(self.plan.modules_dir)
 
     def run_all(self) -> None:
         """Every configuration; a failure is recorded in its result.json and the plan goes on."""

@@ -99,6 +99,7 @@ def run_record(
         **verdicts,
         "writer_latency_ms": {k: latency.get(k) for k in ("p50", "p99", "p999", "max")},
         "device_write_service_ms": summary.get("write_service_ms"),
+        "device_write_sizes": summary.get("write_sizes"),
         "writer_latency_hist": workload.get("writer_latency_hist")
         or {"edges_ms": [], "counts": []},
         "writer_ops": int(workload.get("writer_ops", 0)),
