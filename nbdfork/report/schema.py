@@ -241,6 +241,7 @@ class RunResult:
     device: JSONObject
     durations: Durations
     dir: str
+    device_service_p99_ms: float | None = None  # the device's own WRITE service time (p99)
 
     @classmethod
     def from_json(cls, r: _Reader) -> RunResult:
@@ -258,6 +259,7 @@ class RunResult:
             outcome=cast(Outcome, r.choice("outcome", get_args(Outcome))),
             error=r.opt_str("error"), seed=r.int_("seed"), device=_device(r),
             durations=Durations.from_json(r.obj("durations")), dir=r.str_("dir"),
+            device_service_p99_ms=_service_p99(r),
         )
 
     @property
@@ -284,7 +286,16 @@ class RunResult:
             "writer_ops": self.writer_ops, "outcome": self.outcome, "error": self.error,
             "seed": self.seed, "device": json.loads(json.dumps(self.device)),
             "durations": self.durations.to_json(), "dir": self.dir,
+            **({} if self.device_service_p99_ms is None
+               else {"device_write_service_ms": {"p99": self.device_service_p99_ms}}),
         }
+
+
+def _service_p99(r: _Reader) -> float | None:
+    """p99 of `device_write_service_ms`, which reports before the host device lack."""
+    if r.data.get("device_write_service_ms") is None:
+        return None
+    return r.obj("device_write_service_ms").opt_float("p99")
 
 
 def _versions(r: _Reader) -> dict[str, str | None]:
