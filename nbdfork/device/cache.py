@@ -116,8 +116,11 @@ class CacheModel:
         tail = -end % SECTOR
         if not head and not tail:
             return offset, data
-        start = offset - head
-        buf = bytearray(self.read(start, end + tail - start))
+        start, stop = offset - head, end + tail
+        buf = bytearray(stop - start)
+        # Only the two edge sectors hold bytes the write does not bring: read just those.
+        buf[:SECTOR] = self.read(start, SECTOR)
+        buf[-SECTOR:] = self.read(stop - SECTOR, SECTOR)
         buf[head : head + len(data)] = data
         return start, buf
 
