@@ -47,6 +47,7 @@ __all__ = [
     "find_pages",
     "find_stamps",
     "mix64",
+    "sector_generations",
     "Found",
     "Piece",
 ]
@@ -357,6 +358,13 @@ def _sector_generations(page: U64Array, ref: Tag) -> tuple[int | None, ...]:
     ok = (page[:, _W_MAGIC] == _MAGIC_WORD) & tag_ok & (page[:, _W_PAGE] == np.uint64(ref[1]))
     gens = page[:, _W_GEN].tolist()
     return tuple(g if good else None for g, good in zip(gens, ok.tolist(), strict=True))
+
+
+def sector_generations(data: Buffer, stream: int, page: int) -> tuple[int | None, ...]:
+    """For one 4096-byte page: each sector's generation if its header is well formed and names
+    `stream` and `page` at its own index, else None (the sector map of a TORN decode, for a
+    given identity instead of the one the page's own sectors suggest)."""
+    return _sector_generations(_words(_bytes(data))[0], (stream, page, 0))
 
 
 def _crc_ok(page: U64Array) -> bool:

@@ -8,15 +8,12 @@ journal copies, reflinks and several streams sharing a block are legal. The pure
 
 from __future__ import annotations
 
-import struct
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple, Protocol
 
 from nbdfork.oracle.stamp import (
-    FORMAT_VERSION,
-    MAGIC,
     PAGE_SIZE,
     SECTOR_SIZE,
     SECTORS_PER_PAGE,
@@ -27,6 +24,7 @@ from nbdfork.oracle.stamp import (
     Stamps,
     decode_page,
     find_pages,
+    sector_generations,
 )
 
 __all__ = [
@@ -425,18 +423,9 @@ class Oracle:
             self._sink.emit(e)
 
 
-_SECTOR_TAG = struct.Struct("<8sHHIQQ")  # magic, version, index, stream, page, generation
-
-
 def _evidence(data: bytes, stream: int, page: int) -> bool:
     """Whether a page left in pieces is torn on evidence: the sectors that name it (its
     stream, page and their own index) disagree on the generation, or all eight name it (and
     the page is not VALID). Sectors holding other data are not a tear: the page was replaced."""
-    gens = set()
-    own = 0
-    for i in range(SECTORS_PER_PAGE):
-        magic, version, index, s, p, gen = _SECTOR_TAG.unpack_from(data, i * SECTOR_SIZE)
-        if magic == MAGIC and version == FORMAT_VERSION and index == i and (s, p) == (stream, page):
-            gens.add(gen)
-            own += 1
-    return len(gens) > 1 or own == SECTORS_PER_PAGE
+    gens = [g for g in sector_generations(data, stream, page) if g is not None]
+    return len(set(gens)) > 1 or len(gens) == SECTORS_PER_PAGE
