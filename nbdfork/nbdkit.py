@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from nbdfork.errors import NbdforkError
@@ -23,6 +25,7 @@ __all__ = [
     "NbdkitError",
     "plugin_argv",
     "plugin_env",
+    "private_server",
     "server_argv",
     "start",
     "stop",
@@ -137,3 +140,27 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int | None:
         proc.kill()
         proc.wait(10)
         return None
+
+
+@contextlib.contextmanager
+def private_server(
+    params: Mapping[str, str],
+    *,
+    log: Path,
+    threads: int | None = None,
+    plugin: Path | str = PLUGIN,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> Iterator[tuple[Path, float]]:
+    """The plugin served on a unix socket in a fresh 0700 directory (nobody else can reach or
+    replace it); yields (socket, seconds nbdkit took to listen), then stops nbdkit — its final
+    report is written — and removes the directory."""
+    home = Path(tempfile.mkdtemp(prefix="nbdfork-"))
+    socket = home / "nbd.sock"
+    proc = start(plugin_argv(params, unix=socket, threads=threads, plugin=plugin), log=log,
+                 env=env)  # fmt: skip
+    try:
+        yield socket, wait_ready(proc, socket, log=log, timeout=timeout)
+    finally:
+        stop(proc)
+        shutil.rmtree(home, ignore_errors=True)

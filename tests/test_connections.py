@@ -93,3 +93,19 @@ def test_launcher_reports_why_nbdkit_did_not_start(tmp_path: Path) -> None:
         raise AssertionError("nbdkit started with size=12q")
     finally:
         launch.stop(proc)
+
+
+def test_private_server_serves_then_cleans_up(tmp_path: Path) -> None:
+    """private_server listens in a fresh 0700 directory, serves the plugin, and on exit stops
+    nbdkit (final summary written) and removes the directory."""
+    report = tmp_path / "r"
+    with launch.private_server({"size": "1M", "report": str(report)},
+                               log=tmp_path / "nbdkit.log") as (socket, started):  # fmt: skip
+        assert started >= 0 and (socket.parent.stat().st_mode & 0o777) == 0o700
+        h = nbd.NBD()
+        h.connect_unix(str(socket))
+        h.pwrite(encode_page(1, 0, 1), 0)
+        h.shutdown()
+        close_handle(h)
+    assert not socket.parent.exists()
+    assert json.loads((report / "summary.json").read_text())["writes"] == 1

@@ -7,9 +7,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -147,18 +145,12 @@ def _host_device(plan: CrashPlan, location: str) -> Iterator[tuple[CrashPlan, tu
     params = {"size": plan.size, "report": str(work / "device"), "trace": str(trace),
               "cache": "volatile", "seed": str(plan.seed),
               "ignore-flush": "on" if plan.ignore_flush else "off"}  # fmt: skip
-    home = Path(tempfile.mkdtemp(prefix="nbdfork-"))
-    socket = home / "nbd.sock"
-    log = work / "nbdkit.log"
-    proc = launch.start(launch.plugin_argv(params, unix=socket), log=log, env=launch.plugin_env())
-    try:
-        launch.wait_ready(proc, socket, log=log, timeout=120)
+    with launch.private_server(params, log=work / "nbdkit.log", env=launch.plugin_env()) as (
+        socket, _,
+    ):  # fmt: skip
         hosted = dataclasses.replace(plan, device_location="host", host_trace=str(trace),
                                      nbd_target=(GUEST_FORWARD_ADDR, str(FIRST_PORT)))  # fmt: skip
         yield hosted, forward_opts(socket, [FIRST_PORT], GUEST_FORWARD_ADDR)
-    finally:
-        launch.stop(proc)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def _load_rows(path: Path) -> list[dict[str, Any]] | None:

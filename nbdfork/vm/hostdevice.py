@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from nbdfork import nbdkit as launch
 from nbdfork.vm.device import collect_run
@@ -30,44 +27,27 @@ _START_TIMEOUT = 120.0
 class HostDevice:
     """nbdkit + plugin on the host for one plan; OUT/device is its report directory."""
 
-    def __init__(self, plan: Plan, threads: int | None = None) -> None:
+    def __init__(self, plan: Plan, socket: Path, start_s: float) -> None:
         self.plan = plan
-        self.threads = threads
         self.report = Path(plan.out) / "device"
-        self._dir = Path(tempfile.mkdtemp(prefix="nbdfork-"))  # 0700: the socket's home
-        self.socket = self._dir / "nbd.sock"
-        self.proc: Any = None
-        self.start_s = 0.0
+        self.socket = socket
+        self.start_s = start_s  # how long nbdkit took to listen
 
     @classmethod
     @contextlib.contextmanager
     def maybe(cls, plan: Plan, threads: int | None = None) -> Iterator[HostDevice | None]:
-        """A started HostDevice for a plan whose device runs on the host, else None."""
+        """A serving HostDevice for a plan whose device runs on the host, else None."""
         if plan.device_location != "host":
             yield None
             return
-        device = cls(plan, threads)
-        try:
-            device.start()
-            yield device
-        finally:
-            device.stop()
-
-    def start(self) -> None:
-        """Start nbdkit and wait for its socket."""
-        self.report.mkdir(parents=True, exist_ok=True)
-        params = {"size": "512M", **self.plan.device, "report": str(self.report)}
-        argv = launch.plugin_argv(params, unix=self.socket, threads=self.threads,
-                                  plugin=self.plan.plugin)  # fmt: skip
-        log = self.report / "nbdkit.log"
-        self.proc = launch.start(argv, log=log, env=launch.plugin_env(self.plan.venv))
-        self.start_s = launch.wait_ready(self.proc, self.socket, log=log, timeout=_START_TIMEOUT)
-
-    def stop(self) -> None:
-        """Stop nbdkit (its final report is written) and remove the socket's directory."""
-        if self.proc is not None:
-            launch.stop(self.proc)
-        shutil.rmtree(self._dir, ignore_errors=True)
+        report = Path(plan.out) / "device"
+        report.mkdir(parents=True, exist_ok=True)
+        params = {"size": "512M", **plan.device, "report": str(report)}
+        with launch.private_server(
+            params, log=report / "nbdkit.log", threads=threads, plugin=plan.plugin,
+            env=launch.plugin_env(plan.venv), timeout=_START_TIMEOUT,
+        ) as (socket, start_s):  # fmt: skip
+            yield cls(plan, socket, start_s)
 
     def collect_runs(self) -> None:
         """Each run's summary.json and events.jsonl from its connection's report; a run whose
