@@ -170,3 +170,25 @@ def test_verify_cli_rejudges_a_trace_against_a_report(
     assert main(["verify", str(trace), "--against", str(report)]) == 1
     assert "DIFFERS" in capsys.readouterr().out
     assert main(["verify", str(trace), "--events", str(tmp_path / "e")]) == 2  # no clobbering
+
+
+def test_a_trace_recorded_without_the_oracle_is_judged_by_arrival_times(tmp_path: Path) -> None:
+    """oracle=off records no ticks: arrivals are placed by their recorded time among the
+    landings, so a sequential history still gets its verdicts (a stale copy, a torn page)."""
+    from nbdfork.config import parse_params  # noqa: PLC0415
+    from nbdfork.device.device import Device  # noqa: PLC0415
+    from nbdfork.device.service import NullSink  # noqa: PLC0415
+
+    trace = tmp_path / "t.trace"
+    params = [("size", "1M"), ("oracle", "off"), ("trace", str(trace))]
+    device = Device(parse_params(params), NullSink())
+    device.pwrite(1, encode_page(1, 0, 2), 0, fua=False)
+    device.pwrite(1, encode_page(1, 0, 1), 0, fua=False)
+    device.pwrite(1, encode_page(1, 1, 2)[:2048] + encode_page(1, 1, 1)[2048:], PAGE, fua=False)
+    device.close()
+    sink = ListSink()
+    rejudged = rejudge_trace(trace, sink)
+    assert not rejudged.ticked
+    assert [(e["event"], e.get("phase")) for e in sink.events] == [
+        ("stale_write", "arrival"), ("torn_write", "write")
+    ]

@@ -10,6 +10,7 @@ placed by arrival time, which can differ from the live order for writes that rac
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,12 +60,11 @@ def _steps(records: list[Record], ticked: bool) -> Iterator[tuple[int, Record]]:
 def _untimed(keyed: list[tuple[float, int, int, Record]]) -> list[tuple[float, int, int, Record]]:
     """Without ticks, put each arrival before the first landing recorded after its time."""
     landings = sorted((k for k in keyed if k[1] != _ARRIVE), key=lambda k: k[0])
-    times = [k[3].reply if k[1] == _LAND else k[3].arrival for k in landings]
+    times = sorted(k[3].reply if k[1] == _LAND else k[3].arrival for k in landings)
     out = [(float(i), k[1], k[2], k[3]) for i, k in enumerate(landings)]
     for k in keyed:
-        if k[1] == _ARRIVE:
-            before = sum(1 for t in times if t < k[3].arrival)
-            out.append((before - 0.5, _ARRIVE, k[2], k[3]))
+        if k[1] == _ARRIVE:  # after every landing recorded before it arrived
+            out.append((bisect.bisect_left(times, k[3].arrival) - 0.5, _ARRIVE, k[2], k[3]))
     return out
 
 
