@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from nbdfork.config import parse_params
 from nbdfork.device.clock import FakeClock
-from nbdfork.device.device import Device, PendingWrite
+from nbdfork.device.device import ArrivedWrite, Device
 from nbdfork.oracle.rejudge import rejudge_trace
 from nbdfork.oracle.stamp import MAGIC, encode_page
 
@@ -264,7 +264,7 @@ def test_device_and_oracle_agree_with_reference(
     with tempfile.TemporaryDirectory() as tmp:
         device, sink = make_device(Path(tmp), cache)
         ref = Reference()
-        pending: dict[int, PendingWrite] = {}
+        pending: dict[int, ArrivedWrite] = {}
         for _ in range(data.draw(st.integers(1, 30))):
             step(data, shift, device, ref, pending)
             assert sorted(verdict(e) for e in sink.events) == sorted(ref.out)
@@ -287,7 +287,7 @@ def step(
     shift: int,
     device: Device,
     ref: Reference,
-    pending: dict[int, PendingWrite],
+    pending: dict[int, ArrivedWrite],
 ) -> None:
     """One generated step: arrive, land, fail, trim, flush or disconnect."""
     kinds = ["arrive", "arrive", "trim", "flush", "close"]

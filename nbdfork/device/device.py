@@ -28,7 +28,7 @@ from nbdfork.device.trace import Op as TraceOp
 from nbdfork.errors import DeviceError
 from nbdfork.oracle.verify import EventSink, Oracle, WriteRequest
 
-__all__ = ["Device", "DeviceStats", "PendingWrite", "service_percentiles"]
+__all__ = ["Device", "DeviceStats", "ArrivedWrite", "service_percentiles"]
 
 _LATENCY_OP: dict[str, Op] = {
     "read": "read", "write": "write", "flush": "flush", "trim": "trim", "zero": "trim"
@@ -36,8 +36,9 @@ _LATENCY_OP: dict[str, Op] = {
 
 
 @dataclass(slots=True)
-class PendingWrite:
-    """A WRITE between arrival and landing (or failure)."""
+class ArrivedWrite:
+    """A WRITE between arrival and landing (or failure); not the cache's PendingWrite, which
+    is a write already acknowledged and not yet durable."""
 
     request_id: int
     connection: int
@@ -167,10 +168,10 @@ class Device:
 
     def write_arrive(
         self, connection: int, data: memoryview | bytes, offset: int, *, fua: bool
-    ) -> PendingWrite:
+    ) -> ArrivedWrite:
         """A WRITE arrived: the oracle judges its payload and it joins the in-flight set."""
         self.store.check(offset, len(data))
-        w = PendingWrite(next(self._ids), connection, offset, data, fua, self.elapsed())
+        w = ArrivedWrite(next(self._ids), connection, offset, data, fua, self.elapsed())
         if self.oracle is not None:
             request = WriteRequest(w.request_id, connection, offset, len(data), fua, w.arrival)
             w.arrival_tick = self.oracle.write_arrived(request, data)
@@ -179,7 +180,7 @@ class Device:
             self._conn(connection).writes += 1
         return w
 
-    def write_land(self, w: PendingWrite) -> None:
+    def write_land(self, w: ArrivedWrite) -> None:
         """The WRITE reaches the media: store, cache, trace and oracle in one order."""
         with self._reply_lock:
             reply = self.elapsed()
@@ -205,7 +206,7 @@ class Device:
             service.append(reply - w.arrival)
             self.write_sizes[w.connection][len(w.data)] += 1
 
-    def write_fail(self, w: PendingWrite) -> None:
+    def write_fail(self, w: ArrivedWrite) -> None:
         """The WRITE failed: nothing of it reaches the media; it leaves the in-flight set."""
         if self.reorder is not None:
             self.reorder.release(w.request_id)
@@ -219,13 +220,13 @@ class Device:
             self.stats.write_errors += 1
             self._conn(w.connection).write_errors += 1
 
-    def _oracle_reply(self, w: PendingWrite, *, ok: bool, time: float) -> int:
+    def _oracle_reply(self, w: ArrivedWrite, *, ok: bool, time: float) -> int:
         """Tell the oracle the write landed or failed (reply lock held); its tick, or 0."""
         if self.oracle is None:
             return 0
         return self.oracle.write_replied(w.request_id, ok=ok, time=time)
 
-    def _record(self, w: PendingWrite, flags: int, seq: int, reply: float, tick: int) -> None:
+    def _record(self, w: ArrivedWrite, flags: int, seq: int, reply: float, tick: int) -> None:
         """Trace one WRITE with its data (reply lock held)."""
         assert self.trace is not None
         rec = Record(TraceOp.WRITE, flags, w.connection, w.offset, len(w.data), w.request_id,
