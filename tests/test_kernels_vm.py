@@ -19,15 +19,20 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow]
 REQUIRED = os.environ.get("NBDFORK_VM_TESTS") == "1" or os.environ.get("CI") == "true"
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One `nbdfork run --kernel 6.1,7 --fs xfs --stable-writes 1 --workload atomic`."""
+def require_kernel_7() -> None:
+    """A fetched 7.x kernel, or a failure in CI (setup fetches one) and a skip elsewhere."""
     try:
         find_kernel("7")
     except NbdforkError as exc:
         if REQUIRED:
             pytest.fail(f"no 7.x kernel fetched (scripts/setup fetches one): {exc}")
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One `nbdfork run --kernel 6.1,7 --fs xfs --stable-writes 1 --workload atomic`."""
+    require_kernel_7()
     out = tmp_path_factory.mktemp("kernels") / "out"
     options = RunOptions(out=out, kernel="6.1,7", filesystems=("xfs",), stable_writes=(1,),
                          workloads=("atomic",), seconds=3.0, seed=12)  # fmt: skip
@@ -63,12 +68,7 @@ def test_no_crash_state_holds_half_of_an_atomic_write(tmp_path: Path) -> None:
     half old, half new; nothing fsynced lost) and the ignore-flush control loses writes."""
     from nbdfork.campaign.host import CrashOptions, run_crash  # noqa: PLC0415
 
-    try:
-        find_kernel("7")
-    except NbdforkError as exc:
-        if REQUIRED:
-            pytest.fail(f"no 7.x kernel fetched (scripts/setup fetches one): {exc}")
-        pytest.skip(str(exc))
+    require_kernel_7()
     options = CrashOptions(out=tmp_path / "crash", fs="xfs", states=4, control_states=2,
                            seconds=2, seed=8, kernel="7", points="any",
                            workload="atomic")  # fmt: skip
