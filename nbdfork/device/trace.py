@@ -94,7 +94,7 @@ class Record:
 class TraceWriter:
     """Appends records to a trace file; thread-safe, each record written whole."""
 
-    def __init__(self, path: Path, size: int = 0) -> None:
+    def __init__(self, path: Path, size: int) -> None:
         self.path = path
         self._fd = create_replacing("trace", path, may_replace=is_trace_file, mode=0o600)
         os.write(self._fd, MAGIC + _SIZE.pack(size))
@@ -143,7 +143,7 @@ def read_trace(path: Path) -> Iterator[Record]:
 
 
 def trace_device_size(path: Path) -> int:
-    """The size of the device that recorded the trace at `path` (0 if it did not say)."""
+    """The size of the device that recorded the trace at `path`, from its header."""
     with _open(path) as handle:
         return _header(path, handle)
 

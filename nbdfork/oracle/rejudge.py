@@ -17,7 +17,6 @@ from pathlib import Path
 
 from nbdfork.device.store import Store
 from nbdfork.device.trace import Op, Record, read_trace, trace_device_size
-from nbdfork.oracle.stamp import PAGE_SIZE
 from nbdfork.oracle.verify import EventSink, Oracle, WriteRequest
 
 __all__ = ["Rejudged", "rejudge_trace"]
@@ -68,16 +67,11 @@ def _untimed(keyed: list[tuple[float, int, int, Record]]) -> list[tuple[float, i
     return out
 
 
-def _device_size(records: list[Record]) -> int:
-    end = max((r.offset + r.length for r in records), default=0)
-    return max(PAGE_SIZE, -(-end // PAGE_SIZE) * PAGE_SIZE)
-
-
 def rejudge_trace(path: Path, sink: EventSink) -> Rejudged:
     """Judge the trace at `path` with a fresh Oracle, sending its events to `sink`."""
     records = list(read_trace(path))
     ticked = any(r.tick for r in records)
-    media = Store(trace_device_size(path) or _device_size(records))
+    media = Store(trace_device_size(path))
     oracle = Oracle(sink, media)
     try:
         for kind, rec in _steps(records, ticked):

@@ -621,8 +621,6 @@ class Found(NamedTuple):
     pieces: tuple[Piece, ...]
 
 
-NOTHING: Final = Found(NO_STAMPS, ())
-_FULL_MASK: Final = (1 << SECTORS_PER_PAGE) - 1
 _SECTOR_HEAD: Final = struct.Struct("<QHHIQ")  # magic, version, sector index, stream, page
 
 
