@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from nbdfork.commands import run as run_command
 from nbdfork.errors import ConfigError, VMError, VMLost
+from nbdfork.report.schema import HarnessTimings, MatrixReport, load_report, write_report
 from nbdfork.vm import guest
 from nbdfork.vm.device import DeviceServer, nbdkit_argv
 from nbdfork.vm.guest import MARKER, GuestRunner, Reporter, nbd_client_argv
@@ -489,21 +491,23 @@ def test_report_json_has_the_agreed_shape(tmp_path: Path) -> None:
         accel="tcg",
         started=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
         duration_s=100.0,
-        harness={"boot_s": 30.0, "per_config_overhead_s": [2.0]},
+        harness=HarnessTimings(boot_s=30.0, per_config_overhead_s=(2.0,)),
         versions={"nbdfork": "0.1.0", "nbdkit": "1.32.5", "python": "3.11"},
         missing=(Outcome.VM_LOST, "the VM exited"),
     )
-    first, second = report["runs"]
-    assert report["schema"] == "nbdfork.run/1" and report["seed"] == 11
-    assert first["id"] == "ext4-sw0-pwrite" and first["dir"] == "runs/ext4-sw0-pwrite"
-    assert (first["torn"], first["stamped_pages"], first["writes"]) == (4, 80, 100)
-    assert first["outcome"] == "violations" and first["writer_latency_ms"]["p99"] == 2.0
-    assert first["mkfs_options"] == ["-F", "-q", "-b", "4096"]
-    assert first["device"] == {"size": "512M", "write-latency": "2ms", "seed": "5"}
-    assert (second["outcome"], second["error"]) == ("vm_lost", "the VM exited")
-    schema = pytest.importorskip("nbdfork.report.schema")
-    parsed = schema.MatrixReport.from_json(json.loads(json.dumps(report)), "report.json")
-    assert [r.outcome for r in parsed.runs] == ["violations", "vm_lost"]
+    first, second = report.runs
+    assert report.schema == "nbdfork.run/1" and report.seed == 11
+    assert first.id == "ext4-sw0-pwrite" and first.dir == "runs/ext4-sw0-pwrite"
+    assert (first.torn, first.stamped_pages, first.writes) == (4, 80, 100)
+    assert first.outcome == "violations" and first.writer_latency_ms.p99 == 2.0
+    assert first.mkfs_options == ("-F", "-q", "-b", "4096")
+    assert first.device == {"size": "512M", "write-latency": "2ms", "seed": "5"}
+    assert (second.outcome, second.error) == ("vm_lost", "the VM exited")
+    parsed = load_report(write_report(report, tmp_path / "report.json"))
+    assert parsed == report
+    written = json.loads((tmp_path / "report.json").read_text())
+    assert written["runs"][0]["mkfs_options"] == ["-F", "-q", "-b", "4096"]
+    assert [r["outcome"] for r in written["runs"]] == ["violations", "vm_lost"]
 
 
 def test_run_record_reads_a_harness_error_from_result_json(tmp_path: Path) -> None:
@@ -514,8 +518,8 @@ def test_run_record_reads_a_harness_error_from_result_json(tmp_path: Path) -> No
     run_dir.mkdir(parents=True)
     (run_dir / "result.json").write_text(json.dumps({"status": "error", "error": "mount: boom"}))
     record = run_record(spec, Path(plan.out), kernel="k", device={})
-    assert (record["outcome"], record["error"]) == ("harness_error", "mount: boom")
-    assert record["writer_latency_ms"]["p99"] is None
+    assert (record.outcome, record.error) == ("harness_error", "mount: boom")
+    assert record.writer_latency_ms.p99 is None
 
 
 # --- plans and seeds -------------------------------------------------------------------------
@@ -697,22 +701,23 @@ def test_cli_options_become_run_options() -> None:
         run_command.options_from_args(parse(["--device", "novalue"]))
 
 
-def report_with(*outcomes: str) -> dict[str, Any]:
+def report_with(*outcomes: str) -> MatrixReport:
     """A minimal report whose runs have these outcomes."""
     runs = [
         {
-            "id": f"r{i}",
-            "outcome": o,
-            "error": None if o in ("passed", "violations") else "x",
-            "torn": 1,
-            "stamped_pages": 2,
-            "stale": 0,
-            "overlapping": 0,
-            "writer_latency_ms": {"p50": 0.1, "p99": 1.0, "max": None},
+            "id": f"r{i}", "kernel": "k", "fs": "ext4", "mkfs_options": [], "stable_writes": 0,
+            "workload": "pwrite", "seconds": 1.0, "writes": 2, "stamped_pages": 2, "torn": 1,
+            "stale": 0, "overlapping": 0, "writer_ops": 3, "outcome": o,
+            "error": None if o in ("passed", "violations") else "x", "seed": 1, "device": {},
+            "durations": {}, "dir": f"runs/r{i}", "writer_latency_hist": {},
+            "writer_latency_ms": {"p50": 0.1, "p99": 1.0, "p999": None, "max": None},
         }
         for i, o in enumerate(outcomes)
-    ]
-    return {"kernel": "k", "accel": "tcg", "seed": 1, "runs": runs}
+    ]  # fmt: skip
+    return msgspec.convert({"kernel": "k", "accel": "tcg", "seed": 1, "started": "",
+                            "duration_s": 1.0, "versions": {}, "runs": runs,
+                            "harness": {"boot_s": 1.0, "per_config_overhead_s": []}},
+                           MatrixReport)  # fmt: skip
 
 
 def test_exit_status_types_the_outcome() -> None:

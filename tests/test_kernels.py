@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from nbdfork.cli import main
 from nbdfork.errors import ConfigError
+from nbdfork.report.schema import KernelInfo, load_report, write_report
 from nbdfork.vm.fetch import META, FetchError, PrivateApt, cached_kernels, pick_packages
 from nbdfork.vm.session import kernel_list, merge_reports
+
+GOLDEN = Path(__file__).parent / "golden" / "report"
 
 NAMES = [
     "linux-image-6.1.0-50-amd64-unsigned", "linux-image-6.12.117+deb13-amd64-unsigned",
@@ -66,23 +70,30 @@ def test_kernel_list_shows_fetched_kernels(
     assert "7.2.13+deb14-amd64" in capsys.readouterr().out
 
 
-def test_kernel_lists_and_merged_reports() -> None:
+def test_kernel_lists_and_merged_reports(tmp_path: Path) -> None:
     """--kernel 6.1,7.2 is a list; merged runs carry kernel-qualified ids and dirs."""
     assert kernel_list("6.1,7.2") == ["6.1", "7.2"] and kernel_list("7.2") == ["7.2"]
     assert kernel_list(None) == [None]
     with pytest.raises(ConfigError, match="once"):
         kernel_list("7.2,7.2")
     out = Path("/r")
+    golden = load_report(GOLDEN)
     reports = [
-        {"kernel": k, "accel": "tcg", "duration_s": 10.0, "seed": 1,
-         "harness": {"boot_s": 30.0, "per_config_overhead_s": [1.0]},
-         "runs": [{"id": "ext4-sw0-pwrite", "kernel": k, "dir": "runs/ext4-sw0-pwrite"}]}
+        msgspec.structs.replace(
+            golden, kernel=k, accel="tcg",
+            kernel_info=KernelInfo(release=k, image=f"/k/{k}"),
+            runs=tuple(msgspec.structs.replace(r, kernel=k) for r in golden.runs[:1]),
+        )
         for k in ("6.1.0-57-amd64", "7.2.13+deb14-amd64")
     ]  # fmt: skip
     merged = merge_reports(out, reports, [out / "kernels" / "6.1", out / "kernels" / "7.2"])
-    assert [r["id"] for r in merged["runs"]] == [
-        "6.1.0-57-amd64:ext4-sw0-pwrite", "7.2.13+deb14-amd64:ext4-sw0-pwrite"
-    ]  # fmt: skip
-    assert merged["runs"][1]["dir"] == "kernels/7.2/runs/ext4-sw0-pwrite"
-    assert merged["kernels"] == ["6.1.0-57-amd64", "7.2.13+deb14-amd64"]
-    assert merged["harness"]["per_config_overhead_s"] == [1.0, 1.0]
+    name = golden.runs[0].id
+    assert [r.id for r in merged.runs] == [f"6.1.0-57-amd64:{name}", f"7.2.13+deb14-amd64:{name}"]
+    assert merged.runs[1].dir == f"kernels/7.2/runs/{name}"
+    assert merged.kernels == ("6.1.0-57-amd64", "7.2.13+deb14-amd64")
+    overhead = golden.harness.per_config_overhead_s
+    assert merged.harness.per_config_overhead_s == overhead + overhead
+    assert merged.harness.per_kernel is not None and len(merged.harness.per_kernel) == 2
+    assert isinstance(merged.kernel_info, tuple) and len(merged.kernel_info) == 2
+    # a merged report is a report: it writes and loads back equal
+    assert load_report(write_report(merged, tmp_path / "report.json")) == merged

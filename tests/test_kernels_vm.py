@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from nbdfork.errors import NbdforkError
@@ -37,7 +38,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     options = RunOptions(out=out, kernel="6.1,7", filesystems=("xfs",), stable_writes=(1,),
                          workloads=("atomic",), seconds=3.0, seed=12)  # fmt: skip
     session = MultiKernelSession(options, ["6.1", "7"])
-    return {**session.execute(), "out": str(out)}
+    return {**msgspec.to_builtins(session.execute()), "out": str(out)}
 
 
 def _run(report: dict[str, Any], series: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from nbdfork.errors import NbdforkError
@@ -55,7 +56,8 @@ def matrix(vm_out: Path) -> dict[str, Any]:
             pytest.fail(message)
         pytest.skip(message)
     options = RunOptions(out=vm_out, filesystems=FILESYSTEMS, seconds=SECONDS, seed=2026)
-    return RunSession(options).execute()
+    report: dict[str, Any] = msgspec.to_builtins(RunSession(options).execute())
+    return report
 
 
 def run(report: dict[str, Any], fs: str, stable_writes: int) -> dict[str, Any]:

@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nbdfork.errors import ConfigError, VMError, VMLost
+from nbdfork.report.schema import MatrixReport
 from nbdfork.vm.plan import FILESYSTEMS, parse_list
 from nbdfork.vm.session import (
     DEFAULT_DEVICE,
@@ -158,12 +158,12 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def results_table(report: Mapping[str, Any]) -> Table:
+def results_table(report: MatrixReport) -> Table:
     """The short end-of-run table: one row per configuration."""
-    where = "in the guest" if report.get("device_location") == "guest" else "on the host"
+    where = "in the guest" if report.device_location == "guest" else "on the host"
     table = Table(
-        title=f"nbdfork run: kernel {report['kernel']} ({report['accel']}), device {where}, "
-        f"seed {report['seed']}",
+        title=f"nbdfork run: kernel {report.kernel} ({report.accel}), device {where}, "
+        f"seed {report.seed}",
         caption="p50/p99/max: the writer's pwrite latency; device p99: the device's own WRITE "
         "service time (arrival to reply)",
     )
@@ -181,18 +181,18 @@ def results_table(report: Mapping[str, Any]) -> Table:
         table.add_column(name, justify="left" if name in ("run", "outcome") else "right")
     styles = {"passed": "green", "violations": "yellow", "harness_error": "red", "vm_lost": "red",
               "skipped": "dim"}
-    for run in report["runs"]:
-        lat = run["writer_latency_ms"]
+    for run in report.runs:
+        lat = run.writer_latency_ms
         table.add_row(
-            run["id"],
-            Text(run["outcome"], style=styles.get(run["outcome"], "")),
-            f"{run['torn']}/{run['stamped_pages']}",
-            str(run["stale"]),
-            str(run["overlapping"]),
-            _ms(lat["p50"]),
-            _ms(lat["p99"]),
-            _ms(lat["max"]),
-            _ms((run.get("device_write_service_ms") or {}).get("p99")),
+            run.id,
+            Text(run.outcome, style=styles.get(run.outcome, "")),
+            f"{run.torn}/{run.stamped_pages}",
+            str(run.stale),
+            str(run.overlapping),
+            _ms(lat.p50),
+            _ms(lat.p99),
+            _ms(lat.max),
+            _ms(run.device_service_p99_ms),
         )
     return table
 
@@ -242,18 +242,18 @@ class _Progress:
             self.status = "shutting down"
 
 
-def _exit_status(report: Mapping[str, Any], fail_on_violation: bool) -> int:
-    failed = [r for r in report["runs"] if r["outcome"] in ("harness_error", "vm_lost")]
+def _exit_status(report: MatrixReport, fail_on_violation: bool) -> int:
+    failed = [r for r in report.runs if r.outcome in ("harness_error", "vm_lost")]
     if failed:
         first = failed[0]
         message = (
-            f"{len(failed)} of {len(report['runs'])} configurations did not complete "
-            f"({first['id']}: {first['outcome']}: {first['error']})"
+            f"{len(failed)} of {len(report.runs)} configurations did not complete "
+            f"({first.id}: {first.outcome}: {first.error})"
         )
-        if any(r["outcome"] == "vm_lost" for r in failed):
+        if any(r.outcome == "vm_lost" for r in failed):
             raise VMLost(message)
         raise VMError(message)
-    if fail_on_violation and any(r["outcome"] == "violations" for r in report["runs"]):
+    if fail_on_violation and any(r.outcome == "violations" for r in report.runs):
         return 1
     return 0
 

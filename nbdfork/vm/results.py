@@ -1,4 +1,5 @@
-"""report.json: the runs of one `nbdfork run`, assembled from the files the guest left in OUT.
+"""report.json: the runs of one `nbdfork run`, assembled from the files the guest left in OUT
+into the typed report of nbdfork.report.schema (which also writes and reads it).
 
 Per run the guest writes runs/<id>/result.json (steps, timings, its error), workload.json
 (latency and ledger), and the device's summary.json and events.jsonl for that run's connection.
@@ -9,27 +10,34 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import platform
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
+
+import msgspec
 
 from nbdfork import __version__
+from nbdfork.errors import ReportError
+from nbdfork.report.schema import (
+    Durations,
+    GuestCpu,
+    HarnessTimings,
+    Histogram,
+    LatencySummary,
+    MatrixReport,
+    RunResult,
+    ServiceTime,
+    Workload,
+)
+from nbdfork.report.schema import Outcome as ReportOutcome
 from nbdfork.vm.plan import Plan, RunSpec
 from nbdfork.vm.run import Outcome
 
-__all__ = [
-    "REPORT_SCHEMA",
-    "build_report",
-    "outcome_of",
-    "run_record",
-    "tool_versions",
-    "write_report",
-]
+__all__ = ["build_report", "outcome_of", "run_record", "tool_versions"]
 
-REPORT_SCHEMA = "nbdfork.run/1"
+T = TypeVar("T")
 _VERDICT_KEYS = {"torn": "torn_write", "stale": "stale_write", "overlapping": "overlapping_write"}
 
 
@@ -63,6 +71,16 @@ def outcome_of(
     return Outcome.PASSED, None
 
 
+def _typed(kind: type[T], data: object, what: str) -> T | None:
+    """`data` (a file the guest or the device wrote) as `kind`; None when it is absent."""
+    if data is None:
+        return None
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise ReportError(f"{what}: {exc}") from None
+
+
 def run_record(
     spec: RunSpec,
     out: Path,
@@ -70,7 +88,7 @@ def run_record(
     kernel: str,
     device: Mapping[str, Any],
     missing: tuple[Outcome, str] | None = None,
-) -> dict[str, Any]:
+) -> RunResult:
     """One entry of report.json's `runs`, from the run's directory."""
     run_dir = out / "runs" / spec.id
     result = _read_json(run_dir / "result.json")
@@ -81,38 +99,39 @@ def run_record(
     verdicts = {k: int(counts.get(v, 0)) for k, v in _VERDICT_KEYS.items()}
     outcome, error = outcome_of(result, verdicts, missing, has_summary=found is not None)
     durations = (result or {}).get("durations") or {}
-    latency = workload.get("writer_latency_ms") or dict.fromkeys(("p50", "p99", "p999", "max"))
-    return {
-        "id": spec.id,
-        "kernel": (result or {}).get("kernel") or kernel,
-        "fs": spec.fs,
-        "mkfs_options": spec.mkfs[1:],
-        "mkfs": (result or {}).get("mkfs"),
-        "mount_options": spec.mount_options,
-        "stable_writes": spec.stable_writes,
-        "stable_writes_read": (result or {}).get("stable_writes_read"),
-        "workload": spec.workload,
-        "workload_options": workload.get("config") or spec.workload_options,
-        "seconds": spec.seconds,
-        "writes": int(summary.get("writes", 0)),
-        "stamped_pages": int(summary.get("stamped_pages", 0)),
+    latency = _typed(LatencySummary, workload.get("writer_latency_ms"), f"{run_dir}/workload.json")
+    hist = _typed(Histogram, workload.get("writer_latency_hist"), f"{run_dir}/workload.json")
+    return RunResult(
+        id=spec.id,
+        kernel=(result or {}).get("kernel") or kernel,
+        fs=spec.fs,
+        mkfs_options=tuple(spec.mkfs[1:]),
+        mkfs=(result or {}).get("mkfs"),
+        mount_options=tuple(spec.mount_options),
+        stable_writes=1 if spec.stable_writes else 0,
+        stable_writes_read=(result or {}).get("stable_writes_read"),
+        workload=cast(Workload, spec.workload),
+        workload_options=workload.get("config") or dict(spec.workload_options),
+        seconds=spec.seconds,
+        writes=int(summary.get("writes", 0)),
+        stamped_pages=int(summary.get("stamped_pages", 0)),
         **verdicts,
-        "writer_latency_ms": {k: latency.get(k) for k in ("p50", "p99", "p999", "max")},
-        "device_write_service_ms": summary.get("write_service_ms"),
-        "device_write_sizes": summary.get("write_sizes"),
-        "writer_latency_hist": workload.get("writer_latency_hist")
-        or {"edges_ms": [], "counts": []},
-        "writer_ops": int(workload.get("writer_ops", 0)),
-        "outcome": str(outcome),
-        "error": error,
-        "seed": spec.seed,
-        "device": dict(device),
-        "guest_cpu": (result or {}).get("cpu"),
-        "durations": {
-            k: float(durations.get(k) or 0.0) for k in ("setup_s", "workload_s", "teardown_s")
-        },
-        "dir": f"runs/{spec.id}",
-    }
+        writer_latency_ms=latency or LatencySummary.empty(),
+        device_write_service_ms=_typed(ServiceTime, summary.get("write_service_ms"),
+                                       f"{run_dir}/summary.json"),
+        device_write_sizes=summary.get("write_sizes"),
+        writer_latency_hist=hist or Histogram(),
+        writer_ops=int(workload.get("writer_ops", 0)),
+        outcome=cast(ReportOutcome, str(outcome)),
+        error=error,
+        seed=spec.seed,
+        device=dict(device),
+        guest_cpu=_typed(GuestCpu, (result or {}).get("cpu"), f"{run_dir}/result.json"),
+        durations=Durations(
+            **{k: float(durations.get(k) or 0.0) for k in ("setup_s", "workload_s", "teardown_s")}
+        ),
+        dir=f"runs/{spec.id}",
+    )  # fmt: skip
 
 
 def _version_of(argv: list[str]) -> str | None:
@@ -149,33 +168,23 @@ def build_report(
     accel: str,
     started: dt.datetime,
     duration_s: float,
-    harness: Mapping[str, Any],
-    versions: Mapping[str, Any],
+    harness: HarnessTimings,
+    versions: Mapping[str, str | None],
     missing: tuple[Outcome, str] | None = None,
     extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """report.json's content."""
+) -> MatrixReport:
+    """report.json's content; `extra` holds the session's further MatrixReport fields."""
     out = Path(plan.out)
     device = {k: v for k, v in plan.device.items() if k != "report"}
     runs = [run_record(s, out, kernel=kernel, device=device, missing=missing) for s in plan.runs]
-    return {
-        "schema": REPORT_SCHEMA,
-        "kernel": kernel,
-        "accel": accel,
-        "seed": plan.seed,
-        "started": started.isoformat(timespec="seconds"),
-        "duration_s": round(duration_s, 3),
-        "harness": dict(harness),
-        "versions": dict(versions),
+    return MatrixReport(
+        kernel=kernel,
+        accel=accel,
+        seed=plan.seed,
+        started=started.isoformat(timespec="seconds"),
+        duration_s=round(duration_s, 3),
+        harness=harness,
+        versions=dict(versions),
+        runs=tuple(runs),
         **(extra or {}),
-        "runs": runs,
-    }
-
-
-def write_report(out: Path, report: Mapping[str, Any]) -> Path:
-    """Write OUT/report.json atomically and return its path."""
-    path = out / "report.json"
-    tmp = path.with_name(f".report.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    )

@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from nbdfork.config import parse_params
 from nbdfork.errors import ConfigError, NbdforkError
+from nbdfork.report.schema import HarnessTimings, KernelInfo, MatrixReport, VMShape, write_report
 from nbdfork.vm.hostdevice import HostDevice
 from nbdfork.vm.hostdevice import read_sysctls as _read_sysctls
 from nbdfork.vm.kernel import (
@@ -43,7 +46,7 @@ from nbdfork.vm.plan import (
     derive_seed,
     new_seed,
 )
-from nbdfork.vm.results import build_report, tool_versions, write_report
+from nbdfork.vm.results import build_report, tool_versions
 from nbdfork.vm.run import (
     Outcome,
     VMConfig,
@@ -291,7 +294,7 @@ class RunSession:
             base = dict(DEFAULT_SYSCTLS)
         return {**base, **(self.options.sysctls or {})}
 
-    def execute(self) -> dict[str, Any]:
+    def execute(self) -> MatrixReport:
         """Run the plan (prepare() first if needed), write report.json, render it (when the
         renderer is installed; `render_problem` says why not), return the report."""
         plan = self.plan or self.prepare()
@@ -320,7 +323,7 @@ class RunSession:
             missing=self._missing(),
             extra=self._extra(),
         )
-        write_report(out, report)
+        write_report(report, out)
         self.render_problem = render(out)
         return report
 
@@ -356,7 +359,7 @@ class RunSession:
                 return Outcome.HARNESS_ERROR, str(event.get("error"))
         return None
 
-    def _harness(self, plan: Plan) -> dict[str, Any]:
+    def _harness(self, plan: Plan) -> HarnessTimings:
         """boot_s: start until the guest can run its first configuration (VM boot, modules,
         nbdkit and the plugin loaded); per configuration: its wall time beyond the workload."""
         assert self.vm is not None
@@ -367,14 +370,14 @@ class RunSession:
                 overhead.append(round(m["end"] - m["start"] - spec.seconds, 3))
         ready = marks.get("ready", marks.get("exit", 0.0))
         host_start = self.host.start_s if self.host is not None else 0.0
-        return {
-            "host_device_start_s": round(host_start, 3),
-            "boot_s": round(ready, 3),
-            "per_config_overhead_s": overhead,
-            "vm_boot_s": round(marks["hello"], 3) if "hello" in marks else None,
-            "device_start_s": round(ready - marks["hello"], 3) if "hello" in marks else None,
-            "shutdown_s": round(marks["exit"] - marks["done"], 3) if "done" in marks else None,
-        }
+        return HarnessTimings(
+            host_device_start_s=round(host_start, 3),
+            boot_s=round(ready, 3),
+            per_config_overhead_s=tuple(overhead),
+            vm_boot_s=round(marks["hello"], 3) if "hello" in marks else None,
+            device_start_s=round(ready - marks["hello"], 3) if "hello" in marks else None,
+            shutdown_s=round(marks["exit"] - marks["done"], 3) if "done" in marks else None,
+        )
 
     def _extra(self) -> dict[str, Any]:
         host = self.device_location == "host"
@@ -385,8 +388,10 @@ class RunSession:
             "nbdkit_threads": self.options.nbdkit_threads,
             "guest_sysctls_read": _read_sysctls(Path(self.plan.out)) if self.plan else {},
             "accel_reason": self.accel_reason,
-            "kernel_info": self.kernel.describe() if self.kernel else None,
-            "vm": {"cpus": self.options.cpus, "memory": self.options.memory},
+            "kernel_info": msgspec.convert(self.kernel.describe(), KernelInfo)
+            if self.kernel
+            else None,
+            "vm": VMShape(cpus=self.options.cpus, memory=self.options.memory),
             "vm_lost": self.vm.lost if self.vm else None,
             "sysctls": self.plan.sysctls if self.plan else {},
             "plan": "plan.json",
@@ -430,42 +435,42 @@ class MultiKernelSession:
         """Validate every kernel before any boots: a missing one costs no VM time."""
         return [s.prepare() for s in self.sessions]
 
-    def execute(self) -> dict[str, Any]:
+    def execute(self) -> MatrixReport:
         """Boot each kernel in turn; merge their reports into OUT/report.json; render."""
         reports = []
         for session in self.sessions:
             reports.append(session.execute())  # prepares first if prepare() was not called
         merged = merge_reports(self.out, reports, [Path(s.plan.out) for s in self.sessions
                                                    if s.plan is not None])  # fmt: skip
-        write_report(self.out, merged)
+        write_report(merged, self.out)
         self.render_problem = render(self.out)
         return merged
 
 
-def merge_reports(out: Path, reports: list[dict[str, Any]], dirs: list[Path]) -> dict[str, Any]:
+def merge_reports(out: Path, reports: list[MatrixReport], dirs: list[Path]) -> MatrixReport:
     """One report of several kernels' reports: runs re-keyed `RELEASE:id`, dirs relative to
     OUT, harness timings concatenated; top-level `kernels` lists them in order."""
     first = reports[0]
     runs = []
     for report, directory in zip(reports, dirs, strict=True):
         rel = directory.relative_to(out)
-        for run in report["runs"]:
-            runs.append({**run, "id": f"{run['kernel']}:{run['id']}",
-                         "dir": str(rel / run["dir"])})  # fmt: skip
-    harness = {
-        "boot_s": first["harness"]["boot_s"],
-        "per_config_overhead_s": [
-            x for r in reports for x in r["harness"]["per_config_overhead_s"]
-        ],
-        "per_kernel": {r["kernel"]: r["harness"] for r in reports},
-    }
-    return {
-        **first,
-        "kernel": " + ".join(r["kernel"] for r in reports),
-        "kernels": [r["kernel"] for r in reports],
-        "accel": ", ".join(sorted({r["accel"] for r in reports})),
-        "duration_s": round(sum(r["duration_s"] for r in reports), 3),
-        "harness": harness,
-        "kernel_info": [r.get("kernel_info") for r in reports],
-        "runs": runs,
-    }
+        for run in report.runs:
+            runs.append(msgspec.structs.replace(run, id=f"{run.kernel}:{run.id}",
+                                                dir=str(rel / run.dir)))  # fmt: skip
+    harness = msgspec.structs.replace(
+        first.harness,
+        per_config_overhead_s=tuple(x for r in reports for x in r.harness.per_config_overhead_s),
+        per_kernel={r.kernel: r.harness for r in reports},
+    )
+    infos = tuple(r.kernel_info if not isinstance(r.kernel_info, tuple) else None
+                  for r in reports)  # fmt: skip
+    return msgspec.structs.replace(
+        first,
+        kernel=" + ".join(r.kernel for r in reports),
+        kernels=tuple(r.kernel for r in reports),
+        accel=", ".join(sorted({r.accel for r in reports})),
+        duration_s=round(sum(r.duration_s for r in reports), 3),
+        harness=harness,
+        kernel_info=infos,
+        runs=tuple(runs),
+    )

@@ -1,0 +1,126 @@
+"""Reading and writing every report.json through its msgspec types.
+
+Each report (run, crash, model, campaign) is one tree of `msgspec.Struct`s: the harness builds
+it and `write_json` encodes it; `read_json` decodes and validates a file into the same types.
+A bad file is one `ReportError` naming the file and the field (`report.json: runs[1].torn:
+expected int >= 0`); a report of another kind or version is refused by its `schema` first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from nbdfork.errors import ReportError
+
+__all__ = [
+    "REPORT_FILE",
+    "Record",
+    "read_json",
+    "report_file",
+    "schema_of",
+    "to_builtins",
+    "validation_error",
+    "write_json",
+]
+
+REPORT_FILE = "report.json"
+
+T = TypeVar("T")
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of every report structure: immutable, keyword-built, unknown fields kept out."""
+
+
+class _Schema(msgspec.Struct):
+    schema: str
+
+
+_AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
+_INNER = re.compile(r"^(?P<field>[a-z_][\w.\[\]]*): (?P<problem>.*)$", re.DOTALL)
+
+
+def _field_path(message: str) -> tuple[str, str]:
+    """msgspec's "problem - at `$.a[0].b`" as ("a[0].b", "problem")."""
+    match = _AT.match(message)
+    problem = match["problem"] if match else message
+    path = (match["path"] or "").lstrip(".") if match else ""
+    missing = _MISSING.match(problem)
+    if missing:
+        path = f"{path}.{missing['field']}" if path else missing["field"]
+        problem = "missing required field"
+    inner = _INNER.match(problem)  # a check of our own names the field it refused
+    if inner:
+        path = f"{path}.{inner['field']}" if path else inner["field"]
+        problem = inner["problem"]
+    problem = problem[:1].lower() + problem[1:]
+    return path or "top level", problem
+
+
+def validation_error(source: Path | str, exc: msgspec.ValidationError) -> ReportError:
+    """One line naming the file, the field and what is wrong with it."""
+    path, problem = _field_path(str(exc))
+    return ReportError(f"{source}: {path}: {problem}")
+
+
+def report_file(path: Path) -> Path:
+    """`path` itself, or the report.json inside it when it is a directory."""
+    return path / REPORT_FILE if path.is_dir() else path
+
+
+def _read_bytes(source: Path) -> bytes:
+    try:
+        return source.read_bytes()
+    except OSError as exc:
+        raise ReportError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _not_json(source: Path, data: bytes, exc: msgspec.DecodeError) -> ReportError:
+    match = re.search(r"byte (\d+)", str(exc))
+    line = data[: int(match[1])].count(b"\n") + 1 if match else 0
+    where = f"line {line}: " if match else ""
+    return ReportError(f"{source}: not JSON: {where}{exc}")
+
+
+def schema_of(path: Path) -> str:
+    """The `schema` a report file declares (so a reader can pick its type)."""
+    source = report_file(path)
+    data = _read_bytes(source)
+    try:
+        return msgspec.json.decode(data, type=_Schema).schema
+    except msgspec.ValidationError as exc:
+        raise validation_error(source, exc) from None
+    except msgspec.DecodeError as exc:
+        raise _not_json(source, data, exc) from None
+
+
+def read_json(path: Path, kind: type[T], schema: str) -> T:
+    """Read `path` (or its report.json) as `kind`, whose `schema` must be `schema`."""
+    source = report_file(path)
+    found = schema_of(source)
+    if found != schema:
+        raise ReportError(f"{source}: schema: unknown schema {found!r}; this reads {schema!r}")
+    try:
+        return msgspec.json.decode(_read_bytes(source), type=kind)
+    except msgspec.ValidationError as exc:
+        raise validation_error(source, exc) from None
+
+
+def to_builtins(value: Any) -> Any:
+    """`value` as plain JSON values (dicts, lists, numbers, strings)."""
+    return msgspec.to_builtins(value)
+
+
+def write_json(value: Any, path: Path) -> Path:
+    """Encode `value` into `path` (its report.json when a directory), atomically; the file."""
+    target = report_file(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(value), indent=2) + b"\n")
+    os.replace(tmp, target)
+    return target
