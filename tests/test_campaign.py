@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
 from nbdfork.campaign.guest import mkfs_argv
-from nbdfork.campaign.host import CrashOptions, summarize_states
+from nbdfork.campaign.host import CrashOptions
+from nbdfork.campaign.schema import (
+    ControlSummary,
+    CrashDevice,
+    CrashReport,
+    CrashWorkload,
+    StateOutcome,
+    StateRow,
+    load_crash_report,
+    summarize_states,
+    write_crash_report,
+)
 from nbdfork.campaign.states import CampaignPlan, candidate_points, pick_points, run_campaign
 from nbdfork.campaign.workload import Checkpoint, Ledger, LedgerFile
 from nbdfork.config import parse_params
 from nbdfork.device.clock import FakeClock
 from nbdfork.device.device import Device
 from nbdfork.device.service import NullSink
-from nbdfork.errors import ConfigError
+from nbdfork.errors import ConfigError, ReportError
 from nbdfork.oracle.stamp import PAGE_SIZE, encode_page
 
 SIZE = 4 << 20
@@ -112,11 +125,32 @@ def test_crash_options_name_bad_values() -> None:
 
 def test_summary_counts_fsck_failures_apart_from_lost_writes() -> None:
     """A state that loses writes and fails fsck counts in both columns."""
-    rows = [{"outcome": "ledger_violation", "fs": {"fsck_ok": False, "mount_ok": False}},
-            {"outcome": "passed", "fs": {"fsck_ok": True, "mount_ok": True}}]  # fmt: skip
+    rows = [_state("ledger_violation", fs={"fsck_ok": False, "mount_ok": False}),
+            _state("passed", fs={"fsck_ok": True, "mount_ok": True})]  # fmt: skip
     summary = summarize_states(rows)
-    assert (summary["ledger_violations"], summary["fsck_failures"]) == (1, 1)
-    assert summary["mount_failures"] == 1 and summary["states_checked"] == 2
+    assert (summary.ledger_violations, summary.fsck_failures) == (1, 1)
+    assert summary.mount_failures == 1 and summary.states_checked == 2
+
+
+def _state(outcome: StateOutcome, checkpoint: int = 0, **fields: Any) -> StateRow:
+    return StateRow(point=checkpoint + 1, checkpoint=checkpoint, index=0, outcome=outcome,
+                    reproducer={"seed": 1}, **fields)  # fmt: skip
+
+
+def _crash_report(**fields: Any) -> CrashReport:
+    summary = summarize_states([_state("passed", i) for i in range(4)])
+    control = ControlSummary(**{**msgspec.structs.asdict(summary), "ledger_violations": 3,
+                                "states_checked": 3})  # fmt: skip
+    values: dict[str, Any] = {
+        "fs": "ext4", "kernel": "6.1.0-57-amd64", "outcome": "passed", "seed": 1,
+        "accel": "tcg", "duration_s": 9.0, "started": "2026-11-30T00:00:00+00:00",
+        "device": CrashDevice(size="96M", cache="volatile", ignore_flush=False),
+        "workload": CrashWorkload(kind="fsync", seconds=2.0, files=4, pages=4),
+        "device_location": "host", "points": "any",
+        "states": tuple(_state("passed", i) for i in range(4)),
+        **msgspec.structs.asdict(summary), "control": control, **fields,
+    }  # fmt: skip
+    return CrashReport(**values)
 
 
 def test_mkfs_leaves_room_for_markers() -> None:
@@ -139,17 +173,28 @@ def test_crash_report_renders_through_the_shared_document_model(tmp_path: Path) 
     """report.md and report.html come from one block list: the same table rows in both."""
     from nbdfork.campaign.render import render_crash_report  # noqa: PLC0415
 
-    summary = {"states_checked": 4, "ledger_violations": 0, "fsck_failures": 0,
-               "torn_unexplained": 0}  # fmt: skip
-    report = {"fs": "ext4", "kernel": "6.1.0-57-amd64", "outcome": "passed", "seed": 1,
-              "accel": "tcg", "duration_s": 9.0, "device": {"size": "96M"},
-              "workload": {"seconds": 2}, "device_location": "host", "points": "any",
-              "states": [{"checkpoint": 0, "outcome": "passed"}] * 4, **summary,
-              "control": {**summary, "ledger_violations": 3, "states_checked": 3}}  # fmt: skip
+    report = _crash_report()
     md, page, png = render_crash_report(tmp_path, report)
     assert "| ignore-flush control | 3 | 3 | 0 | 0 |" in md.read_text()
     assert '<td class="r">3</td>' in page.read_text() and "device on the host" in md.read_text()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_crash_report_json_round_trips_and_names_a_bad_field(tmp_path: Path) -> None:
+    """report.json is written and read through the same structures; a bad state outcome is
+    one error naming the file and the field; re-rendering needs only the saved files."""
+    from nbdfork.campaign.render import render_crash_report  # noqa: PLC0415
+
+    report = _crash_report()
+    path = write_crash_report(report, tmp_path)
+    assert load_crash_report(tmp_path) == report
+    first = render_crash_report(tmp_path, report)[0].read_text()
+    assert render_crash_report(tmp_path)[0].read_text() == first
+    data = json.loads(path.read_text())
+    data["states"][2]["outcome"] = "fine"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ReportError, match=r"report\.json: states\[2\]\.outcome: invalid enum"):
+        load_crash_report(tmp_path)
 
 
 def test_half_of_an_atomic_write_is_a_violation(tmp_path: Path) -> None:

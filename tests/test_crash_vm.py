@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from nbdfork.campaign.host import CrashOptions, run_crash
@@ -32,14 +33,14 @@ def test_crash_campaign_passes_and_control_fails(fs: str, tmp_path: Path) -> Non
     _require_vm()
     options = CrashOptions(out=tmp_path / fs, fs=fs, states=4, control_states=3, seconds=2,
                            seed=11)  # fmt: skip
-    report = run_crash(options)
+    report = msgspec.to_builtins(run_crash(options))
     assert report["states_checked"] == 4
     assert report["ledger_violations"] == 0 and report["fsck_failures"] == 0
     assert all(row["fs"]["mount_ok"] and row["fs"]["fsck_ok"] for row in report["states"])
     assert report["control"]["states_checked"] == 3
     assert report["control"]["ledger_violations"] > 0
     assert report["outcome"] == "passed"
-    md, page, png = render_crash_report(options.out.absolute(), report)
+    md, page, png = render_crash_report(options.out.absolute())  # from report.json
     assert "ignore-flush control" in page.read_text()
     assert "ignore-flush control | 3 |" in md.read_text()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -73,7 +73,7 @@ def test_no_crash_state_holds_half_of_an_atomic_write(tmp_path: Path) -> None:
     options = CrashOptions(out=tmp_path / "crash", fs="xfs", states=4, control_states=2,
                            seconds=2, seed=8, kernel="7", points="any",
                            workload="atomic")  # fmt: skip
-    report = run_crash(options)
+    report = msgspec.to_builtins(run_crash(options))
     assert report["workload"]["kind"] == "atomic" and report["guest_error"] is None
     assert (report["states_checked"], report["outcome"]) == (4, "passed")
     assert report["control"]["ledger_violations"] > 0

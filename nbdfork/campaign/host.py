@@ -6,27 +6,37 @@ import compileall
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal, cast
+
+import msgspec
 
 from nbdfork import nbdkit as launch
 from nbdfork.campaign.guest import CrashPlan
+from nbdfork.campaign.schema import (
+    ControlSummary,
+    CrashDevice,
+    CrashOutcome,
+    CrashReport,
+    CrashWorkload,
+    StateRow,
+    StatesSummary,
+    summarize_states,
+    write_crash_report,
+)
 from nbdfork.campaign.states import POINT_KINDS
 from nbdfork.errors import ConfigError, VMError, VMLost
 from nbdfork.vm.kernel import Kernel, detect_accel, find_kernel, validate_kernel
 from nbdfork.vm.plan import FIRST_PORT, GUEST_FORWARD_ADDR
 from nbdfork.vm.run import VMConfig, find_vng, forward_opts, run_vm, vm_timeouts, vng_argv
 
-__all__ = ["CrashOptions", "run_crash", "summarize_states"]
+__all__ = ["CrashOptions", "run_crash"]
 
 PROJECT = Path(__file__).resolve().parent.parent.parent
-SCHEMA = "nbdfork.crash/1"
 _FILESYSTEMS = ("ext4", "xfs", "btrfs")
 # Small devices keep each crash image cheap to build, mount and check; xfs wants >= 300 MB
 # and btrfs >= 114 MB (mkfs refuses less).
@@ -67,20 +77,6 @@ class CrashOptions:
             raise ConfigError("--device-location", f"{self.device_location!r}: host or guest")
 
 
-def summarize_states(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts per outcome and the totals the issue names."""
-    outcomes = Counter(str(r["outcome"]) for r in rows)
-    return {
-        "states_checked": len(rows),
-        "outcomes": dict(sorted(outcomes.items())),
-        "ledger_violations": outcomes["ledger_violation"],
-        # counted on their own: a state with lost writes may fail fsck as well
-        "fsck_failures": sum(r.get("fs", {}).get("fsck_ok") is False for r in rows),
-        "mount_failures": sum(r.get("fs", {}).get("mount_ok") is False for r in rows),
-        "torn_unexplained": outcomes["torn"],
-    }
-
-
 def _guest_command(plan_path: Path) -> list[str]:
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     site = f"{sys.prefix}/lib/{version}/site-packages"
@@ -89,7 +85,7 @@ def _guest_command(plan_path: Path) -> list[str]:
             "--plan", str(plan_path)]  # fmt: skip
 
 
-def run_crash(options: CrashOptions) -> dict[str, Any]:
+def run_crash(options: CrashOptions) -> CrashReport:
     """Boot once, run the campaign and its control, write OUT/report.json; return it."""
     options.validate()
     out = options.out.absolute()
@@ -114,12 +110,10 @@ def run_crash(options: CrashOptions) -> dict[str, Any]:
         config = VMConfig(kernel=kernel, accel=accel, vng=find_vng(), qemu_opts=qemu_opts)
         argv = vng_argv(config, out, _guest_command(out / "crash-plan.json"))
         vm = run_vm(argv, log_path=out / "vm.log", timeouts=vm_timeouts(accel))
-    report = _report(out, plan, kernel.release, accel, time.monotonic() - started)
-    control_wanted = plan.control_states > 0 and not plan.ignore_flush
-    report["outcome"] = _outcome(vm.lost, report, control_wanted)
     fatal = next((e for e in vm.events if e.get("event") == "fatal"), None)
-    report["guest_error"] = str(fatal.get("message")) if fatal else None
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = _report(out, plan, kernel.release, accel, time.monotonic() - started,
+                     lost=vm.lost, guest_error=str(fatal.get("message")) if fatal else None)
+    write_crash_report(report, out)
     if vm.lost:
         raise VMLost(f"{vm.lost} (guest log: {out / 'guest.log'}, console: {out / 'vm.log'})")
     return report
@@ -153,40 +147,47 @@ def _host_device(plan: CrashPlan, location: str) -> Iterator[tuple[CrashPlan, tu
         yield hosted, forward_opts(socket, [FIRST_PORT], GUEST_FORWARD_ADDR)
 
 
-def _load_rows(path: Path) -> list[dict[str, Any]] | None:
+def _load_rows(path: Path) -> tuple[StateRow, ...] | None:
     if not path.exists():
         return None
-    rows: list[dict[str, Any]] = json.loads(path.read_text())
-    return rows
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=tuple[StateRow, ...])
+    except msgspec.MsgspecError as exc:
+        raise VMError(f"{path}: the guest's states are not readable: {exc}") from None
 
 
-def _report(out: Path, plan: CrashPlan, kernel: str, accel: str, seconds: float) -> dict[str, Any]:
+def _report(
+    out: Path, plan: CrashPlan, kernel: str, accel: str, seconds: float, *, lost: str | None,
+    guest_error: str | None,
+) -> CrashReport:  # fmt: skip
     rows = _load_rows(out / "campaign" / "states.json")
-    control = _load_rows(out / "control" / "states.json")
+    control_rows = _load_rows(out / "control" / "states.json")
     if rows is None:
         raise VMError(f"the guest wrote no {out / 'campaign' / 'states.json'} (see guest.log)")
-    return {
-        "schema": SCHEMA, "kernel": kernel, "accel": accel, "fs": plan.fs, "seed": plan.seed,
-        "started": dt.datetime.now(dt.UTC).isoformat(), "duration_s": round(seconds, 1),
-        "device": {"size": plan.size, "cache": "volatile", "ignore_flush": plan.ignore_flush},
-        "device_location": plan.device_location,
-        "workload": {"kind": plan.workload, "seconds": plan.seconds, "files": plan.files,
-                     "pages": plan.pages},
-        "points": plan.points,
-        **summarize_states(rows),
-        "control": None if control is None else {"ignore_flush": True,
-                                                 **summarize_states(control)},
-        "states": rows,
-    }  # fmt: skip
+    summary = summarize_states(rows)
+    control = None
+    if control_rows is not None:
+        control = ControlSummary(**msgspec.structs.asdict(summarize_states(control_rows)))
+    control_wanted = plan.control_states > 0 and not plan.ignore_flush
+    return CrashReport(
+        kernel=kernel, accel=accel, fs=plan.fs, seed=plan.seed,
+        started=dt.datetime.now(dt.UTC).isoformat(), duration_s=round(seconds, 1),
+        device=CrashDevice(size=plan.size, cache="volatile", ignore_flush=plan.ignore_flush),
+        device_location=plan.device_location,
+        workload=CrashWorkload(kind=cast(Literal["fsync", "atomic"], plan.workload),
+                               seconds=float(plan.seconds), files=plan.files, pages=plan.pages),
+        points=plan.points, **msgspec.structs.asdict(summary), control=control, states=rows,
+        outcome=_outcome(lost, summary, control, control_wanted), guest_error=guest_error,
+    )  # fmt: skip
 
 
-def _outcome(lost: str | None, report: dict[str, Any], control_wanted: bool) -> str:
+def _outcome(
+    lost: str | None, summary: StatesSummary, control: StatesSummary | None, control_wanted: bool
+) -> CrashOutcome:
     if lost:
         return "vm_lost"
-    control = report.get("control")
     if control_wanted and control is None:
         return "control_failed"  # asked for, never completed: the passes are unconfirmed
-    if control is not None and control["ledger_violations"] == 0:
+    if control is not None and control.ledger_violations == 0:
         return "control_failed"  # the checker could not fail: its passes mean nothing
-    bad = report["ledger_violations"] + report["fsck_failures"] + report["torn_unexplained"]
-    return "violations" if bad else "passed"
+    return "violations" if summary.failures else "passed"

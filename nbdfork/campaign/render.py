@@ -3,11 +3,13 @@ document model every nbdfork report shares (nbdfork.report.document)."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+import msgspec
+
+from nbdfork.campaign.schema import CrashReport, StateRow, StatesSummary, load_crash_report
 from nbdfork.report.document import (
     Block,
     Heading,
@@ -26,7 +28,7 @@ _COLORS = {"passed": "#4c9a2a", "ledger_violation": "#c0392b", "fsck_failure": "
            "torn": "#e67e22"}  # fmt: skip
 
 
-def _plot(rows: list[dict[str, Any]], control: list[dict[str, Any]], path: Path) -> None:
+def _plot(rows: Sequence[StateRow], control: Sequence[StateRow], path: Path) -> None:
     from matplotlib.figure import Figure  # noqa: PLC0415 - keep the guest free of matplotlib
 
     fig = Figure(figsize=(8, 3.6), layout="constrained")
@@ -35,7 +37,7 @@ def _plot(rows: list[dict[str, Any]], control: list[dict[str, Any]], path: Path)
                                  strict=False):  # fmt: skip
         per_point: dict[int, Counter[str]] = defaultdict(Counter)
         for row in data:
-            per_point[int(row["checkpoint"])][str(row["outcome"])] += 1
+            per_point[row.checkpoint][row.outcome] += 1
         points = sorted(per_point)
         bottom = [0] * len(points)
         for outcome in _OUTCOMES:
@@ -51,23 +53,21 @@ def _plot(rows: list[dict[str, Any]], control: list[dict[str, Any]], path: Path)
     fig.savefig(path, dpi=110)
 
 
-def _row(title: str, summary: dict[str, Any]) -> tuple[str, ...]:
-    return (title, str(summary["states_checked"]), str(summary["ledger_violations"]),
-            str(summary["fsck_failures"]), str(summary["torn_unexplained"]))  # fmt: skip
+def _row(title: str, summary: StatesSummary) -> tuple[str, ...]:
+    return (title, str(summary.states_checked), str(summary.ledger_violations),
+            str(summary.fsck_failures), str(summary.torn_unexplained))  # fmt: skip
 
 
-def crash_blocks(report: dict[str, Any], plot: str) -> list[Block]:
+def crash_blocks(report: CrashReport, plot: str) -> list[Block]:
     """The crash report as document blocks (the same model `nbdfork run`'s report uses)."""
-    control = report.get("control")
+    control = report.control
     rows = (_row("device", report), *([_row("ignore-flush control", control)] if control else []))
-    where = report.get("device_location", "guest")
     blocks: list[Block] = [
-        Heading(f"nbdfork crash campaign: {report['fs']} on Linux {report['kernel']}", 1),
-        Paragraph(f"Outcome: {code(str(report['outcome']))} — seed {report['seed']}, accel "
-                  f"{report['accel']}, {report['duration_s']} s, device {_where(where)} "
-                  f"{code(json.dumps(report['device']))}, workload "
-                  f"{code(json.dumps(report['workload']))}, crash points "
-                  f"{code(str(report.get('points', 'checkpoint')))}."),
+        Heading(f"nbdfork crash campaign: {report.fs} on Linux {report.kernel}", 1),
+        Paragraph(f"Outcome: {code(report.outcome)} — seed {report.seed}, accel "
+                  f"{report.accel}, {report.duration_s} s, device {_where(report.device_location)} "
+                  f"{code(_json(report.device))}, workload {code(_json(report.workload))}, "
+                  f"crash points {code(report.points)}."),
         Table(("run", "states", "ledger violations", "fsck failures", "unexplained tears"),
               rows, ("l", "r", "r", "r", "r")),
         Paragraph("The control replays the same trace on a device that acknowledges FLUSH and "
@@ -75,30 +75,38 @@ def crash_blocks(report: dict[str, Any], plot: str) -> list[Block]:
                   "check proves nothing. No state is cut before the workload's first "
                   "checkpoint (mkfs, mount and the first fsync done)."),
     ]  # fmt: skip
-    if report.get("guest_error"):
-        blocks.append(Paragraph(f"Guest error: {code(str(report['guest_error']))}"))
+    if report.guest_error:
+        blocks.append(Paragraph(f"Guest error: {code(report.guest_error)}"))
     return [*blocks, Image(plot, "outcomes per crash point"),
             Paragraph("Every state is reproducible from (trace, seed, point, index): see "
                       "report.json `states`.")]  # fmt: skip
 
 
-def render_crash_report(out: Path, report: dict[str, Any]) -> list[Path]:
-    """Write OUT/report.md, OUT/report.html and OUT/crash_outcomes.png; return their paths."""
-    rows, control = report["states"], report.get("control")
-    control_rows = _control_rows(out) if control else []
+def render_crash_report(out: Path, report: CrashReport | None = None) -> list[Path]:
+    """Write OUT/report.md, OUT/report.html and OUT/crash_outcomes.png from `report` (else
+    from OUT/report.json); return their paths."""
+    report = report if report is not None else load_crash_report(out)
+    control_rows = _control_rows(out) if report.control else ()
     png = out / "crash_outcomes.png"
-    _plot(rows, control_rows, png)
+    _plot(report.states, control_rows, png)
     blocks = crash_blocks(report, png.name)
     md, page = out / "report.md", out / "report.html"
     md.write_text(to_markdown(blocks), encoding="utf-8")
-    page.write_text(to_html(blocks, f"nbdfork crash campaign: {report['fs']}"), encoding="utf-8")
+    page.write_text(to_html(blocks, f"nbdfork crash campaign: {report.fs}"), encoding="utf-8")
     return [md, page, png]
 
 
-def _control_rows(out: Path) -> list[dict[str, Any]]:
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _control_rows(out: Path) -> tuple[StateRow, ...]:
+    """The control's states (kept beside the report, not in it); none when unreadable."""
     path = out / "control" / "states.json"
-    rows: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
-    return rows
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=tuple[StateRow, ...])
+    except (OSError, msgspec.MsgspecError):
+        return ()
 
 
 def _where(location: str) -> str:

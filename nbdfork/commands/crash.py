@@ -69,16 +69,16 @@ def _handle(args: argparse.Namespace) -> int:
     )  # fmt: skip
     report = run_crash(options)
     paths = render_crash_report(options.out.absolute(), report)
-    print(f"{report['fs']}: {report['states_checked']} states, ledger violations "
-          f"{report['ledger_violations']}, fsck failures {report['fsck_failures']}, "
-          f"unexplained tears {report['torn_unexplained']} -> {report['outcome']}")  # fmt: skip
-    if report.get("control"):
-        c = report["control"]
-        print(f"control (ignore-flush): {c['states_checked']} states, "
-              f"ledger violations {c['ledger_violations']}")  # fmt: skip
-    if report.get("guest_error"):
-        print(f"guest error: {report['guest_error']}")
+    print(f"{report.fs}: {report.states_checked} states, ledger violations "
+          f"{report.ledger_violations}, fsck failures {report.fsck_failures}, "
+          f"unexplained tears {report.torn_unexplained} -> {report.outcome}")  # fmt: skip
+    if report.control:
+        c = report.control
+        print(f"control (ignore-flush): {c.states_checked} states, "
+              f"ledger violations {c.ledger_violations}")  # fmt: skip
+    if report.guest_error:
+        print(f"guest error: {report.guest_error}")
     for path in paths:
         print(f"  {path}")
-    failed = report["outcome"] != "passed"
+    failed = report.outcome != "passed"
     return 1 if args.fail_on_violation and failed else 0
