@@ -24,6 +24,7 @@ from nbdfork.campaign.schema import (
 )
 from nbdfork.campaign.states import CampaignPlan, candidate_points, pick_points, run_campaign
 from nbdfork.campaign.workload import Checkpoint, Ledger, LedgerFile
+from nbdfork.cli import main
 from nbdfork.config import parse_params
 from nbdfork.device.clock import FakeClock
 from nbdfork.device.device import Device
@@ -190,6 +191,9 @@ def test_crash_report_json_round_trips_and_names_a_bad_field(tmp_path: Path) -> 
     assert load_crash_report(tmp_path) == report
     first = render_crash_report(tmp_path, report)[0].read_text()
     assert render_crash_report(tmp_path)[0].read_text() == first
+    (tmp_path / "report.md").unlink()
+    assert main(["report", str(tmp_path)]) == 0  # the one `nbdfork report` for every kind
+    assert (tmp_path / "report.md").read_text() == first
     data = json.loads(path.read_text())
     data["states"][2]["outcome"] = "fine"
     path.write_text(json.dumps(data))

@@ -737,3 +737,25 @@ def test_results_table_has_a_row_per_run() -> None:
     table = run_command.results_table(report_with("passed", "violations"))
     assert table.row_count == 2
     assert [c.header for c in table.columns][:3] == ["run", "outcome", "torn/stamped"]
+
+
+def test_overhead_per_configuration_does_not_count_a_skipped_workload(tmp_path: Path) -> None:
+    """Overhead is a configuration's wall time beyond its workload: a run whose workload was
+    skipped (no atomic unit, say) spent no workload seconds, so none are subtracted."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from nbdfork.vm.run import VMRun  # noqa: PLC0415
+    from nbdfork.vm.session import RunSession  # noqa: PLC0415
+
+    plan = make_plan(tmp_path)
+    ran, skipped = plan.runs
+    for spec, workload_s in ((ran, 5.3), (skipped, 0.02)):
+        run_dir = Path(plan.out) / "runs" / spec.id
+        run_dir.mkdir(parents=True)
+        (run_dir / "result.json").write_text(json.dumps({"durations": {"workload_s": workload_s}}))
+    vm = VMRun(marks={"hello": 10.0, "ready": 20.0},
+               run_marks={ran.id: {"start": 20.0, "end": 27.0},
+                          skipped.id: {"start": 27.0, "end": 28.5}})  # fmt: skip
+    harness = RunSession._harness(SimpleNamespace(vm=vm, host=None), plan)  # type: ignore[arg-type]
+    assert harness.per_config_overhead_s == (2.0, 1.48)
+    assert (harness.boot_s, harness.vm_boot_s, harness.device_start_s) == (20.0, 10.0, 10.0)

@@ -16,9 +16,10 @@ import pytest
 
 from nbdfork.campaign.journal import Journal, read_journal
 from nbdfork.campaign.merge import CampaignReport, CellRecord, load_report, wilson
-from nbdfork.campaign.orchestrator import pending_cells
-from nbdfork.campaign.spec import OUT, example_spec, parse_spec
+from nbdfork.campaign.orchestrator import Budget, _next_cells, pending_cells
+from nbdfork.campaign.spec import OUT, Cell, example_spec, parse_spec
 from nbdfork.errors import ConfigError, ReportError
+from nbdfork.report.codec import write_json
 from nbdfork.vm.plan import derive_seed
 from tests.conftest import nbdkit_env
 
@@ -169,12 +170,19 @@ def test_resume_runs_only_cells_not_done_under_the_same_key(tmp_path: Path) -> N
 
 def test_the_report_round_trips_through_its_types(tmp_path: Path) -> None:
     """report.json is written and read back through CampaignReport; another schema is refused."""
-    cell = CellRecord("x", "model", "done", {"seed": "0"}, 5, "cells/x")
-    report = CampaignReport("n", 1, "h", "local", 2, 1.5, [cell])
-    (tmp_path / "report.json").write_text(json.dumps(report.to_json()))
+    cell = CellRecord(id="x", kind="model", status="done", axes={"seed": "0"}, seed=5,
+                      dir="cells/x")  # fmt: skip
+    report = CampaignReport(name="n", seed=1, spec_hash="h", executor="local", jobs=2,
+                            wall_s=1.5, cells=(cell,))  # fmt: skip
+    path = write_json(report, tmp_path)
     assert load_report(tmp_path) == report
-    (tmp_path / "report.json").write_text(json.dumps({**report.to_json(), "schema": "x/1"}))
-    with pytest.raises(ReportError):
+    data = json.loads(path.read_text())
+    data["cells"][0]["status"] = "finished"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ReportError, match=r"report\.json: cells\[0\]\.status: invalid enum"):
+        load_report(tmp_path)
+    path.write_text(json.dumps({**data, "schema": "x/1"}))
+    with pytest.raises(ReportError, match="unknown schema 'x/1'"):
         load_report(tmp_path)
 
 
@@ -199,6 +207,52 @@ def test_two_jobs_run_two_cells_at_once(tmp_path: Path) -> None:
     (s1, e1), (s2, e2) = spans["t-n=1"], spans["t-n=2"]
     assert max(s1, s2) < min(e1, e2), spans
     assert _statuses(tmp_path / "out") == {"t-n=1": "done", "t-n=2": "done"}
+
+
+def test_cells_are_packed_into_the_cpu_budget(tmp_path: Path) -> None:
+    """--jobs 2 but --cpus 1: one 1-CPU cell at a time (journal spans do not overlap), and
+    report.json records the budget."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(_exec_spec("import time; time.sleep(0.5)", [1, 2]))
+    proc = _campaign(spec, tmp_path / "out", "--jobs", "2", "--cpus", "1", "--memory", "4G")
+    assert proc.returncode == 0, proc.stderr
+    lines = _journal(tmp_path / "out")
+    (s1, e1), (s2, e2) = ([x["t"] for x in lines if x["cell"] == c] for c in ("t-n=1", "t-n=2"))
+    assert min(e1, e2) <= max(s1, s2)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (report["jobs"], report["cpus"], report["memory"]) == (2, 1, 4 << 30)
+
+
+def _cell(kind: str, name: str) -> Cell:
+    return Cell(id=name, kind=kind, axes={}, seed=1, argv=("true",), ok_statuses=(0,))
+
+
+def test_first_fit_packing_never_exceeds_the_budget_but_runs_a_big_cell_alone() -> None:
+    """A VM cell (2 CPUs, 2.5 GiB) waits while a model cell runs on a 2-CPU budget, a model
+    cell behind it may start first; a cell bigger than the budget still runs, alone."""
+    budget = Budget(cpus=2, memory=8 << 30)
+    vm, m1, m2 = _cell("run", "vm"), _cell("model", "m1"), _cell("model", "m2")
+    queue = [vm, m2]
+    assert _next_cells(queue, [m1], jobs=4, budget=budget) == [m2]
+    assert queue == [vm]
+    assert _next_cells(queue, [m1, m2], jobs=4, budget=budget) == []
+    assert _next_cells(queue, [], jobs=4, budget=budget) == [vm]
+    small = Budget(cpus=1, memory=1 << 30)
+    queue = [vm, m1]
+    assert _next_cells(queue, [], jobs=4, budget=small) == [vm]  # alone, though too big
+    assert _next_cells(queue, [vm], jobs=4, budget=small) == []
+    assert _next_cells([m1, m2], [], jobs=1, budget=None) == [m1]  # --jobs still caps
+
+
+def test_a_bad_budget_is_one_line_naming_the_option(tmp_path: Path) -> None:
+    """--cpus 0, --memory nonsense, and a budget with the Ray executor are refused."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(_exec_spec("pass", [1]))
+    for extra, option in ((("--cpus", "0"), "--cpus"), (("--memory", "lots"), "--memory"),
+                          (("--executor", "ray", "--cpus", "2"), "--cpus")):  # fmt: skip
+        proc = _campaign(spec, tmp_path / f"out{option}{len(extra)}", *extra)
+        assert proc.returncode == 2, proc.stderr
+        assert option in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_a_failing_cell_is_failed_and_the_others_still_run(tmp_path: Path) -> None:
@@ -338,6 +392,15 @@ def test_the_example_model_spec_runs_end_to_end(tmp_path: Path) -> None:
     again = subprocess.run([str(NBDFORK), "campaign", "report", str(out)], capture_output=True,
                            text=True, timeout=120, check=False)  # fmt: skip
     assert again.returncode == 0, again.stderr
+    assert (out / "report.md").read_text() == md
+    assert "<table>" in (out / "report.html").read_text()
+    # `nbdfork report` re-renders any report: the campaign's and a model cell's
+    for directory in (out, out / report["cells"][0]["dir"]):
+        (directory / "report.md").unlink()
+        proc = subprocess.run([str(NBDFORK), "report", str(directory)], capture_output=True,
+                              text=True, timeout=120, check=False)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert (directory / "report.md").is_file()
     assert (out / "report.md").read_text() == md
 
 

@@ -10,24 +10,34 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+import numpy as np
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from nbdfork.commands import model as model_command
-from nbdfork.errors import ConfigError
+from nbdfork.errors import ConfigError, ReportError
 from nbdfork.oracle.stamp import PageStatus, decode_page, encode_page
-from nbdfork.pageforking.cache import PAGE_SIZE, Page, PageCache
+from nbdfork.pageforking.cache import PAGE_SIZE, CacheStats, Page, PageCache
 from nbdfork.pageforking.compare import load_kernel_rows
-from nbdfork.pageforking.device import parse_latencies, parse_reorder
+from nbdfork.pageforking.device import DeviceSettings, Verdicts, parse_latencies, parse_reorder
 from nbdfork.pageforking.export import Done
 from nbdfork.pageforking.policy import Policy, parse_policies
-from nbdfork.pageforking.report import write_report
-from nbdfork.pageforking.run import RunResult, RunSpec, derive_seeds, run_model
+from nbdfork.pageforking.report import (
+    model_report,
+    render_markdown,
+    render_model_report,
+    write_report,
+)
+from nbdfork.pageforking.run import RunResult, RunSpec, WriterPhase, derive_seeds, run_model
+from nbdfork.pageforking.schema import MODEL_SCHEMA, ModelReport, load_model_report
+from nbdfork.pageforking.summary import ratios, rows
 from nbdfork.pageforking.sweep import SweepPlan, run_sweep
 from nbdfork.pageforking.writeback import WritebackEngine, WritebackTuning, send_copy
 from nbdfork.pageforking.writer import Workload
+from nbdfork.report import schema as run_schema
 
 BLOCKS = 3
 WAIT = 10.0  # seconds a test waits for another thread before failing
@@ -332,20 +342,182 @@ def test_same_seed_same_choices_other_rep_differs() -> None:
     assert a_seed != c_seed and draws[0] != draws[2]
 
 
+def _kernel_run(fs: str, stable_writes: int, torn: int, stamped: int, *, p50: float | None,
+                p99: float | None, outcome: str = "violations") -> dict[str, object]:  # fmt: skip
+    """One configuration of `nbdfork run`'s report.json, as JSON values."""
+    run_id = f"{fs}-sw{stable_writes}-pwrite"
+    return {
+        "id": run_id, "kernel": "6.1.0-57-amd64", "fs": fs, "mkfs_options": [],
+        "stable_writes": stable_writes, "workload": "pwrite", "seconds": 10.0,
+        "writes": stamped, "stamped_pages": stamped, "torn": torn, "stale": 0,
+        "overlapping": 0,
+        "writer_latency_ms": {"p50": p50, "p99": p99, "p999": p99, "max": p99},
+        "writer_latency_hist": {}, "writer_ops": stamped, "outcome": outcome, "error": None,
+        "seed": 1, "device": {}, "durations": {}, "dir": f"runs/{run_id}",
+    }  # fmt: skip
+
+
+def _kernel_report(directory: Path, runs: list[dict[str, object]]) -> Path:
+    """A real-kernel report.json holding `runs`, written through its own types."""
+    report = run_schema.MatrixReport(
+        kernel="6.1.0-57-amd64", accel="tcg", seed=1, started="2026-01-01T00:00:00+00:00",
+        duration_s=60.0, harness=run_schema.HarnessTimings(boot_s=1.0, per_config_overhead_s=()),
+        versions={}, runs=msgspec.convert(runs, tuple[run_schema.RunResult, ...]),
+    )  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    return run_schema.write_report(report, directory)
+
+
 def test_kernel_report_rows_load(tmp_path: Path) -> None:
-    """--compare reads the stable_writes 0/1 runs of `nbdfork run`'s report.json."""
-    runs = [
-        {"fs": "ext4", "stable_writes": 0, "workload": "pwrite", "torn": 505,
-         "stamped_pages": 21866, "writer_latency_ms": {"p50": 0.1, "p99": 1.1}},
-        {"fs": "xfs", "stable_writes": 1, "workload": "pwrite", "torn": 0,
-         "stamped_pages": 22295, "writer_latency_ms": {"p50": None, "p99": 5.2}},
-        {"fs": "btrfs", "stable_writes": None, "workload": "pwrite"},
-    ]  # fmt: skip
-    (tmp_path / "report.json").write_text(json.dumps({"runs": runs}))
+    """--compare reads the completed runs of `nbdfork run`'s report.json through its types."""
+    _kernel_report(tmp_path, [
+        _kernel_run("ext4", 0, 505, 21866, p50=0.1, p99=1.1),
+        _kernel_run("xfs", 1, 0, 22295, p50=None, p99=5.2, outcome="passed"),
+        _kernel_run("btrfs", 1, 0, 0, p50=None, p99=None, outcome="harness_error"),
+    ])  # fmt: skip
     rows = load_kernel_rows(tmp_path)
-    assert [(r.fs, r.model_policy, r.torn, r.p99_ms) for r in rows] == [
-        ("ext4", "none", 505, 1.1), ("xfs", "stable", 0, 5.2),
+    assert [(r.fs, r.model_policy, r.torn, r.p50_ms, r.p99_ms, r.kernel) for r in rows] == [
+        ("ext4", "none", 505, 0.1, 1.1, "6.1.0-57-amd64"),
+        ("xfs", "stable", 0, None, 5.2, "6.1.0-57-amd64"),
     ]  # fmt: skip
+
+
+def test_kernel_report_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    """--compare on a bad real-kernel report names the file and the field."""
+    path = _kernel_report(tmp_path, [_kernel_run("ext4", 0, 5, 100, p50=0.1, p99=1.1)])
+    data = json.loads(path.read_text())
+    data["runs"][0]["stable_writes"] = 2
+    path.write_text(json.dumps(data))
+    with pytest.raises(ReportError, match=r"report\.json: runs\[0\]\.stable_writes: "):
+        load_kernel_rows(tmp_path)
+    _kernel_report(tmp_path, [_kernel_run("ext4", 0, 0, 0, p50=None, p99=None, outcome="vm_lost")])
+    with pytest.raises(ReportError, match="no run of `nbdfork run` completed"):
+        load_kernel_rows(tmp_path)
+
+
+# --- report.json and its rendering, from synthetic runs (no nbdkit) -------------------------
+
+PLAN = SweepPlan(tuple(Policy), (0.004,), (parse_reorder("jitter:0.9"),), seed=11,
+                 seconds=2.0)  # fmt: skip
+
+
+def _fake_result(spec: RunSpec, out: Path) -> RunResult:
+    """A run with made-up but plausible numbers: stable stalls, none tears, fork copies."""
+    rng = np.random.default_rng(list(spec.policy.value.encode()))
+    scale = {"none": 1e-5, "stable": 2e-3, "fork": 2e-5, "fork-unordered": 2e-5}
+    stalls = list(rng.exponential(scale[spec.policy.value], 2000))
+    forks = spec.policy.forks
+    cache = CacheStats(
+        stores=2000, waits=300 if spec.policy.waits else 0, copies=150 if forks else 0,
+        bytes_copied=150 * PAGE_SIZE if forks else 0, writebacks=900, deferrals=40,
+        fork_bytes_peak=3 * PAGE_SIZE if forks else 0,
+        in_flight_per_block_peak=2 if spec.policy.overlaps else 1,
+        deferral_s=list(rng.exponential(2e-3, 40)),
+    )  # fmt: skip
+    phase = WriterPhase(spec.seconds, stalls, [], list(rng.exponential(4e-3, 900)), cache,
+                        (0.5, 0.75))  # fmt: skip
+    verdicts = Verdicts(
+        torn=37 if spec.policy is Policy.NONE else 0,
+        stale=3 if spec.policy.overlaps else 0, overlapping=5 if spec.policy.overlaps else 0,
+        writes=900, stamped_pages=880, stale_phases={"reply": 3} if spec.policy.overlaps else {},
+    )  # fmt: skip
+    device = DeviceSettings(spec.latency, spec.reorder, 1234, spec.threads)
+    return RunResult(spec, device, phase, verdicts, out / "runs" / spec.name)
+
+
+@pytest.fixture
+def fake_report(tmp_path: Path) -> tuple[Path, list[RunResult], list[Path]]:
+    """write_report over synthetic runs of PLAN: the directory, the runs, the files written."""
+    results = [_fake_result(spec, tmp_path) for spec in PLAN.specs()]
+    return tmp_path, results, write_report(tmp_path, PLAN, results)
+
+
+def test_report_json_loads_back_equal(
+    fake_report: tuple[Path, list[RunResult], list[Path]],
+) -> None:
+    """report.json decodes into the very ModelReport that was written, field for field."""
+    out, results, written = fake_report
+    assert [p.name for p in written] == ["report.json", "stall_cdf.png",
+                                         "throughput_vs_latency.png", "report.md",
+                                         "report.html"]  # fmt: skip
+    loaded = load_model_report(out)
+    assert loaded.schema == MODEL_SCHEMA and loaded.seed == 11
+    assert loaded == msgspec.structs.replace(model_report(PLAN, results), created=loaded.created)
+    assert [r.policy for r in loaded.runs] == ["none", "stable", "fork", "fork-unordered"]
+    assert loaded.runs[0].torn == 37 and loaded.runs[0].writer_latency_hist.total == 2000
+    assert loaded.runs[3].stale_phases == {"reply": 3}
+    assert loaded.kernel is None and len(loaded.fork_vs_stable) == 1
+    again = msgspec.json.format(msgspec.json.encode(loaded), indent=2) + b"\n"
+    assert again == (out / "report.json").read_bytes()
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    ("torn", -1, "expected `int` >= 0"),
+    ("writes", "many", "expected `int`, got `str`"),
+    ("policy", "forked", "invalid enum value 'forked'"),
+    ("writer_latency_ms", {"p50": 1.0}, "missing required field"),
+])  # fmt: skip
+def test_a_broken_run_field_is_named(
+    fake_report: tuple[Path, list[RunResult], list[Path]], field: str, value: object,
+    problem: str,
+) -> None:  # fmt: skip
+    """A report.json with one bad field in runs[0] is one ReportError naming file and field."""
+    path = fake_report[0] / "report.json"
+    data = json.loads(path.read_text())
+    data["runs"][0][field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(ReportError) as info:
+        load_model_report(path)
+    assert str(info.value).startswith(f"{path}: runs[0].{field}")
+    assert problem in str(info.value)
+
+
+def test_a_report_of_another_kind_is_refused(
+    fake_report: tuple[Path, list[RunResult], list[Path]],
+) -> None:
+    """The run report's schema is not the model's, and render says so."""
+    out = fake_report[0]
+    data = json.loads((out / "report.json").read_text())
+    (out / "report.json").write_text(json.dumps({**data, "schema": "nbdfork.run/1"}))
+    with pytest.raises(ReportError, match=r"schema: unknown schema 'nbdfork\.run/1'"):
+        render_model_report(out)
+
+
+def test_render_from_report_json_alone_gives_the_same_report(
+    fake_report: tuple[Path, list[RunResult], list[Path]],
+) -> None:
+    """render_model_report(OUT) redraws report.md, report.html and the plots from report.json:
+    the same markdown and page as write_report made."""
+    out, _, written = fake_report
+    markdown, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for path in written[1:]:
+        path.unlink()
+    again = render_model_report(out)
+    assert again == written[1:]
+    assert (out / "report.md").read_text() == markdown
+    assert (out / "report.html").read_text() == page
+    assert render_model_report(out / "report.json") == written[1:]
+    assert all(p.stat().st_size > 10_000 for p in again if p.suffix == ".png")
+    assert "| 4 ms | jitter:0.9 | fork-unordered |" in markdown
+    assert "- 4 ms, jitter:0.9: fork makes " in markdown
+
+
+def test_a_ratio_without_denominator_is_none_and_reads_inf() -> None:
+    """fork against a stable that never stored: an infinite ratio is None in report.json."""
+    results = [_fake_result(spec, Path("/nonexistent")) for spec in PLAN.specs()]
+    stable = next(r for r in results if r.spec.policy is Policy.STABLE)
+    results[results.index(stable)] = RunResult(
+        stable.spec, stable.device, WriterPhase(2.0, [], [], [], CacheStats(), (0.0, 0.0)),
+        stable.verdicts, stable.dir,
+    )  # fmt: skip
+    table = rows(results)
+    (ratio,) = ratios(table, "fork", "stable")
+    assert ratio.throughput_ratio is None and ratio.p99_ratio == 0.0
+    report = model_report(PLAN, results)
+    markdown = render_markdown(report, [])
+    assert "fork makes infx the writer throughput of stable" in markdown
+    decoded = msgspec.json.decode(msgspec.json.encode(report), type=ModelReport)
+    assert decoded.fork_vs_stable == (ratio,)
 
 
 # --- each policy against real nbdkit --------------------------------------------------------
@@ -411,14 +583,12 @@ def test_report_has_every_policy_and_the_plots(
 ) -> None:
     """report.json carries the contract fields per run; report.md the table and plots."""
     out, results = sweep
-    report = json.loads((out / "report.json").read_text())
-    assert [r["policy"] for r in report["runs"]] == ["none", "stable", "fork", "fork-unordered"]
-    for run in report["runs"]:
-        for key in ("torn", "stale", "overlapping", "writes", "writer_latency_ms", "copies",
-                    "fork_bytes_peak", "device", "seed"):  # fmt: skip
-            assert key in run, key
-        assert set(run["writer_latency_ms"]) == {"p50", "p99", "p999", "max"}
-    assert report["runs"][0]["torn"] == results["none"].verdicts.torn
+    report = load_model_report(out)
+    assert [r.policy for r in report.runs] == ["none", "stable", "fork", "fork-unordered"]
+    for run, result in zip(report.runs, results.values(), strict=True):
+        assert run == result.to_record()
+        assert run.writer_latency_hist.total == run.writer_ops == len(result.phase.stalls)
+    assert report.runs[0].torn == results["none"].verdicts.torn
     markdown = (out / "report.md").read_text()
     assert "| 4 ms | jitter:0.9 | fork-unordered |" in markdown
     for png in ("stall_cdf.png", "throughput_vs_latency.png"):
@@ -439,18 +609,21 @@ def test_fork_with_fsync_stays_ordered(tmp_path: Path) -> None:
 def test_cli_writes_the_report_beside_a_kernel_report(tmp_path: Path) -> None:
     """`nbdfork model --compare` puts the kernel's stable_writes rows beside none/stable."""
     kernel = tmp_path / "kernel"
-    kernel.mkdir()
-    run = {"fs": "ext4", "stable_writes": 1, "workload": "pwrite", "torn": 0,
-           "stamped_pages": 100, "writer_latency_ms": {"p50": 0.2, "p99": 5.5}}  # fmt: skip
-    (kernel / "report.json").write_text(json.dumps({"runs": [run]}))
+    _kernel_report(kernel, [_kernel_run("ext4", 1, 0, 100, p50=0.2, p99=5.5)])
     parser = argparse.ArgumentParser()
     model_command.register(parser.add_subparsers())
+    out = tmp_path / "out"
     args = parser.parse_args(["model", "--policy", "none,stable", "--seconds", "0.5",
                               "--latency", "1ms", "--seed", "3", "--compare", str(kernel),
-                              "--out", str(tmp_path / "out")])  # fmt: skip
+                              "--out", str(out)])  # fmt: skip
     assert args.handler(args) == 0
-    markdown = (tmp_path / "out" / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
     assert "## Model vs real kernel" in markdown
     assert "| ext4 pwrite stable_writes=1 | stable | 100 | 0 |" in markdown
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["seed"] == 3 and [r["policy"] for r in report["runs"]] == ["none", "stable"]
+    report = load_model_report(out)
+    assert report.seed == 3 and [r.policy for r in report.runs] == ["none", "stable"]
+    assert report.kernel is not None and report.kernel[0].kernel == "6.1.0-57-amd64"
+    again = msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n"
+    assert again == (out / "report.json").read_bytes()  # loads back equal, field for field
+    render_model_report(out)
+    assert (out / "report.md").read_text() == markdown

@@ -366,6 +366,14 @@ def test_report_command_on_a_bad_directory_raises_report_error(tmp_path: Path) -
         args.handler(args)
 
 
+def test_report_command_refuses_a_report_it_does_not_know(tmp_path: Path) -> None:
+    """A report.json of another schema is one error naming it and the schemas rendered."""
+    (tmp_path / "report.json").write_text(json.dumps({"schema": "nbdfork.other/9"}))
+    args = _parse(["report", str(tmp_path)])
+    with pytest.raises(ReportError, match=r"unknown schema 'nbdfork.other/9'.*'nbdfork.run/1'"):
+        args.handler(args)
+
+
 def test_kernels_plot_only_with_several_kernels(tmp_path: Path) -> None:
     """plot_kernels draws one panel per workload when runs come from two kernels; with one
     kernel there is nothing to set side by side."""

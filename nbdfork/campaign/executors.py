@@ -43,6 +43,7 @@ __all__ = [
     "LocalExecutor",
     "RayExecutor",
     "default_jobs",
+    "memory_bytes",
     "resolve_argv",
 ]
 
@@ -96,7 +97,8 @@ def _cell_env() -> dict[str, str]:
     return env
 
 
-def _memory_bytes() -> int:
+def memory_bytes() -> int:
+    """This machine's physical memory."""
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):  # pragma: no cover - not Linux
@@ -107,7 +109,7 @@ def default_jobs(cells: Sequence[Cell]) -> int:
     """Cells at once on this machine: VM cells by cores/2 and memory/3 GiB, others min(cores, 4)."""
     cores = os.cpu_count() or 1
     if any(c.kind in ("run", "crash") for c in cells):
-        return max(1, min(cores // 2, _memory_bytes() // (3 << 30)))
+        return max(1, min(cores // 2, memory_bytes() // (3 << 30)))
     return max(1, min(cores, 4))
 
 

@@ -1,5 +1,5 @@
 """The campaign's merged report: DIR/report.json (typed, "nbdfork.campaign/1"), DIR/report.md
-with per-axis tables and spread across seeds, and PNG plots.
+and report.html with per-axis tables and spread across seeds, and PNG plots.
 
 report.json is written from the journal and the spec, and read back through the same types;
 report.md is rendered from report.json plus each done cell's own report.json, so
@@ -14,25 +14,43 @@ over the seeds and verdicts as totals (a violation seen under one seed is never 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal, cast
+
+import msgspec
 
 from nbdfork import __version__
 from nbdfork.campaign.journal import JournalState
-from nbdfork.campaign.spec import CampaignSpec
+from nbdfork.campaign.orchestrator import Budget
+from nbdfork.campaign.schema import load_crash_report
+from nbdfork.campaign.spec import CampaignSpec, Cell
 from nbdfork.errors import ReportError
+from nbdfork.pageforking.schema import load_model_report
+from nbdfork.report.codec import Record, read_json, write_json
+from nbdfork.report.document import (
+    Block,
+    Heading,
+    Image,
+    Paragraph,
+    Table,
+    code,
+    write_document,
+)
+from nbdfork.report.schema import Count
+from nbdfork.report.schema import load_report as load_run_report
 
 __all__ = [
     "SCHEMA",
     "CampaignReport",
     "CellRecord",
     "build_report",
+    "campaign_blocks",
     "load_report",
+    "render",
     "wilson",
     "write_report",
 ]
@@ -41,15 +59,15 @@ SCHEMA = "nbdfork.campaign/1"
 STATUSES = ("done", "failed", "interrupted", "pending")
 TEAR_PLOT = "tear_rates.png"
 MODEL_PLOT = "model_spread.png"
+CellStatus = Literal["done", "failed", "interrupted", "pending"]
 
 
-@dataclass(frozen=True, slots=True)
-class CellRecord:
+class CellRecord(Record, frozen=True, kw_only=True):
     """One cell in report.json."""
 
     id: str
-    kind: str
-    status: str  # done | failed | interrupted | pending
+    kind: str  # run | crash | model (exec: tests and benchmarks)
+    status: CellStatus
     axes: dict[str, str]
     seed: int
     dir: str  # relative to the campaign directory
@@ -59,11 +77,10 @@ class CellRecord:
     started: float | None = None  # Unix time of the last start
     ended: float | None = None
     node: str | None = None
-    attempts: int = 0
+    attempts: Count = 0
 
 
-@dataclass(frozen=True, slots=True)
-class CampaignReport:
+class CampaignReport(Record, frozen=True, kw_only=True):
     """DIR/report.json."""
 
     name: str
@@ -72,70 +89,51 @@ class CampaignReport:
     executor: str
     jobs: int
     wall_s: float
-    cells: list[CellRecord]
-    counts: dict[str, int] = field(default_factory=dict)
+    cells: tuple[CellRecord, ...]
+    counts: dict[str, Count] = msgspec.field(default_factory=dict)
+    cpus: int | None = None  # the local executor's budget (None: Ray packed the cells)
+    memory: int | None = None
     created: str = ""
     version: str = __version__
     schema: str = SCHEMA
 
-    def to_json(self) -> dict[str, Any]:
-        """The report as JSON values."""
-        return asdict(self)
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> CampaignReport:
-        """Read a report back; a wrong schema or shape raises ReportError."""
-        if data.get("schema") != SCHEMA:
-            raise ReportError(f"not a campaign report (schema {data.get('schema')!r})")
-        try:
-            cells = [CellRecord(**c) for c in data["cells"]]
-            rest = {k: v for k, v in data.items() if k != "cells"}
-            return cls(cells=cells, **rest)
-        except (KeyError, TypeError) as exc:
-            raise ReportError(f"campaign report: {exc}") from None
+def _cell_record(cell: Cell, state: JournalState | None) -> CellRecord:
+    status = "pending" if state is None or state.key != cell.key else state.event
+    status = "interrupted" if status == "start" else status  # killed without a last word
+    last = state.last if state is not None and status != "pending" else {}
+    timed = state if state is not None and last else None
+    return CellRecord(
+        id=cell.id, kind=cell.kind, status=cast(CellStatus, status), axes=dict(cell.axes),
+        seed=cell.seed, dir=f"cells/{cell.id}", exit_status=last.get("exit_status"),
+        error=last.get("error"), duration_s=last.get("duration_s"),
+        started=timed.started if timed else None, ended=timed.ended if timed else None,
+        node=last.get("node"), attempts=state.attempts if state else 0,
+    )  # fmt: skip
 
 
 def build_report(
     spec: CampaignSpec, states: Mapping[str, JournalState], executor: str, jobs: int,
-    wall_s: float,
+    wall_s: float, *, budget: Budget | None = None,
 ) -> CampaignReport:  # fmt: skip
     """The report of every cell of `spec`, as the journal has it."""
-    cells = []
-    for cell in spec.cells:
-        s = states.get(cell.id)
-        status = "pending" if s is None or s.key != cell.key else s.event
-        status = "interrupted" if status == "start" else status  # killed without a last word
-        last = s.last if s is not None and status != "pending" else {}
-        cells.append(CellRecord(
-            id=cell.id, kind=cell.kind, status=status, axes=dict(cell.axes), seed=cell.seed,
-            dir=f"cells/{cell.id}", exit_status=last.get("exit_status"), error=last.get("error"),
-            duration_s=last.get("duration_s"), started=s.started if s and last else None,
-            ended=s.ended if s and last else None, node=last.get("node"),
-            attempts=s.attempts if s else 0,
-        ))  # fmt: skip
+    cells = tuple(_cell_record(c, states.get(c.id)) for c in spec.cells)
     counts = {k: sum(c.status == k for c in cells) for k in STATUSES}
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    return CampaignReport(spec.name, spec.seed, spec.hash, executor, jobs, round(wall_s, 3),
-                          cells, counts, created)  # fmt: skip
+    return CampaignReport(name=spec.name, seed=spec.seed, spec_hash=spec.hash, executor=executor,
+                          jobs=jobs, wall_s=round(wall_s, 3), cells=cells, counts=counts,
+                          cpus=budget.cpus if budget else None,
+                          memory=budget.memory if budget else None, created=created)  # fmt: skip
 
 
 def load_report(directory: Path) -> CampaignReport:
     """DIR/report.json through CampaignReport; a missing or bad file raises ReportError."""
-    path = directory / "report.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"{path}: {exc}") from None
-    return CampaignReport.from_json(data)
+    return read_json(directory, CampaignReport, SCHEMA)
 
 
 def write_report(directory: Path, report: CampaignReport) -> list[Path]:
-    """Write report.json, the plots and report.md; return the files written."""
-    path = directory / "report.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report.to_json(), indent=1) + "\n")
-    tmp.replace(path)
-    return [path, *render(directory, report)]
+    """Write report.json, the plots, report.md and report.html; return the files written."""
+    return [write_json(report, directory), *render(directory, report)]
 
 
 # --------------------------------------------------------------------------------- statistics
@@ -160,67 +158,72 @@ class Sample:
     metrics: dict[str, float]
 
 
-def _cell_report(directory: Path, cell: CellRecord) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads((directory / cell.dir / "report.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data
-
-
 def _axes(cell: CellRecord) -> dict[str, str]:
     return {k: v for k, v in cell.axes.items() if k != "seed"}
 
 
-def _model_samples(cell: CellRecord, data: Mapping[str, Any]) -> list[Sample]:
+def _model_samples(cell: CellRecord, path: Path) -> list[Sample]:
     samples = []
-    for run in data.get("runs", []):
-        inner = {"policy": str(run["policy"]), "latency": f"{run['latency_ms']:g}ms",
-                 "reorder": str(run["reorder"])}  # fmt: skip
-        p99 = (run.get("writer_latency_ms") or {}).get("p99") or 0.0
+    for run in load_model_report(path).runs:
+        inner = {"policy": run.policy, "latency": f"{run.latency_ms:g}ms",
+                 "reorder": run.reorder}  # fmt: skip
         samples.append(Sample({**inner, **_axes(cell)}, {
-            "throughput": float(run.get("throughput", 0.0)), "stall_p99_ms": float(p99),
-            "torn": run.get("torn", 0), "stale": run.get("stale", 0),
-            "overlapping": run.get("overlapping", 0),
+            "throughput": run.throughput, "stall_p99_ms": run.writer_latency_ms.p99 or 0.0,
+            "torn": run.torn, "stale": run.stale, "overlapping": run.overlapping,
         }))  # fmt: skip
     return samples
 
 
-def _run_samples(cell: CellRecord, data: Mapping[str, Any]) -> list[Sample]:
+def _run_samples(cell: CellRecord, path: Path) -> list[Sample]:
     samples = []
-    for run in data.get("runs", []):
-        inner = {"kernel": str(run.get("kernel")), "fs": str(run.get("fs")),
-                 "stable_writes": str(run.get("stable_writes")),
-                 "workload": str(run.get("workload"))}  # fmt: skip
-        p99 = (run.get("writer_latency_ms") or {}).get("p99")
+    for run in load_run_report(path).runs:
+        inner = {"kernel": run.kernel, "fs": run.fs, "stable_writes": str(run.stable_writes),
+                 "workload": run.workload}  # fmt: skip
+        p99 = run.writer_latency_ms.p99
         samples.append(Sample({**inner, **_axes(cell)}, {
-            "torn": run.get("torn", 0), "stamped": run.get("stamped_pages", 0),
-            "stale": run.get("stale", 0), "overlapping": run.get("overlapping", 0),
-            "stall_p99_ms": float("nan") if p99 is None else float(p99),
+            "torn": run.torn, "stamped": run.stamped_pages, "stale": run.stale,
+            "overlapping": run.overlapping,
+            "stall_p99_ms": float("nan") if p99 is None else p99,
         }))  # fmt: skip
     return samples
 
 
-def _crash_samples(cell: CellRecord, data: Mapping[str, Any]) -> list[Sample]:
-    setting = {"kernel": str(data.get("kernel")), "fs": str(data.get("fs")), **_axes(cell)}
-    keys = ("states_checked", "ledger_violations", "fsck_failures", "torn_unexplained")
-    return [Sample(setting, {k: float(data.get(k) or 0) for k in keys})]
+def _crash_samples(cell: CellRecord, path: Path) -> list[Sample]:
+    report = load_crash_report(path)
+    setting = {"kernel": report.kernel, "fs": report.fs, **_axes(cell)}
+    return [Sample(setting, {
+        "states_checked": report.states_checked, "ledger_violations": report.ledger_violations,
+        "fsck_failures": report.fsck_failures, "torn_unexplained": report.torn_unexplained,
+    })]  # fmt: skip
 
 
-_SAMPLERS: dict[str, Callable[[CellRecord, Mapping[str, Any]], list[Sample]]] = {
+_SAMPLERS: dict[str, Callable[[CellRecord, Path], list[Sample]]] = {
     "model": _model_samples, "run": _run_samples, "crash": _crash_samples,
 }  # fmt: skip
 
 
-def collect(directory: Path, report: CampaignReport) -> dict[str, list[Sample]]:
+@dataclass(slots=True)
+class Collected:
+    """Samples per kind from the done cells, and the cells whose report could not be read."""
+
+    samples: dict[str, list[Sample]]
+    unreadable: dict[str, str]  # cell id -> the one-line reason
+
+
+def collect(directory: Path, report: CampaignReport) -> Collected:
     """Samples per kind from every done cell's report.json."""
-    by_kind: dict[str, list[Sample]] = {}
+    found = Collected({}, {})
     for cell in report.cells:
         sampler = _SAMPLERS.get(cell.kind)
-        data = _cell_report(directory, cell) if cell.status == "done" and sampler else None
-        if sampler is not None and data is not None:
-            by_kind.setdefault(cell.kind, []).extend(sampler(cell, data))
-    return by_kind
+        if sampler is None or cell.status != "done":
+            continue
+        try:
+            samples = sampler(cell, directory / cell.dir / "report.json")
+        except ReportError as exc:
+            found.unreadable[cell.id] = str(exc)
+            continue
+        found.samples.setdefault(cell.kind, []).extend(samples)
+    return found
 
 
 def _group(samples: Sequence[Sample], keys: Sequence[str]) -> dict[tuple[str, ...], list[Sample]]:
@@ -253,45 +256,53 @@ def _varying(samples: Sequence[Sample], keys: Sequence[str]) -> list[str]:
     return [k for k in keys if len({s.setting.get(k) for s in samples}) > 1]
 
 
-def _model_table(samples: Sequence[Sample], keys: Sequence[str]) -> list[str]:
-    head = " | ".join(keys)
-    lines = [f"| {head} | seeds | writer stores/s median (min-max) | stall p99 ms median "
-             "(min-max) | torn | stale | overlapping |",
-             "|" + "---|" * (len(keys) + 6)]  # fmt: skip
+def _model_table(samples: Sequence[Sample], keys: Sequence[str]) -> Table:
+    header = (*keys, "seeds", "writer stores/s median (min-max)",
+              "stall p99 ms median (min-max)", "torn", "stale", "overlapping")  # fmt: skip
+    rows = []
     for key, group in _group(samples, keys).items():
         m = [s.metrics for s in group]
-        lines.append(f"| {' | '.join(key)} | {len(group)} "
-                     f"| {_spread([x['throughput'] for x in m])} "
-                     f"| {_spread([x['stall_p99_ms'] for x in m])} "
-                     f"| {sum(int(x['torn']) for x in m)} | {sum(int(x['stale']) for x in m)} "
-                     f"| {sum(int(x['overlapping']) for x in m)} |")  # fmt: skip
-    return lines
+        rows.append((*key, str(len(group)), _spread([x["throughput"] for x in m]),
+                     _spread([x["stall_p99_ms"] for x in m]), _total(m, "torn"),
+                     _total(m, "stale"), _total(m, "overlapping")))  # fmt: skip
+    return Table(header, tuple(rows), _align(keys, 6))
 
 
-def _run_table(samples: Sequence[Sample], keys: Sequence[str]) -> list[str]:
-    head = " | ".join(keys)
-    lines = [f"| {head} | seeds | torn/stamped | tear rate % | 95% CI % | stale | overlapping "
-             "| writer p99 ms median (min-max) |", "|" + "---|" * (len(keys) + 7)]  # fmt: skip
+def _total(metrics: Sequence[Mapping[str, float]], name: str) -> str:
+    return str(sum(int(x[name]) for x in metrics))
+
+
+def _align(keys: Sequence[str], numbers: int) -> tuple[Literal["l", "r"], ...]:
+    sides: list[Literal["l", "r"]] = ["l"] * len(keys)
+    sides += ["r"] * numbers
+    return tuple(sides)
+
+
+def _run_table(samples: Sequence[Sample], keys: Sequence[str]) -> Table:
+    header = (*keys, "seeds", "torn/stamped", "tear rate %", "95% CI %", "stale", "overlapping",
+              "writer p99 ms median (min-max)")  # fmt: skip
+    rows = []
     for key, group in _group(samples, keys).items():
         m = [s.metrics for s in group]
         torn, stamped = sum(int(x["torn"]) for x in m), sum(int(x["stamped"]) for x in m)
         lo, hi = wilson(torn, stamped)
         rate = 100 * torn / stamped if stamped else 0.0
-        lines.append(f"| {' | '.join(key)} | {len(group)} | {torn}/{stamped} | {rate:.3g} "
-                     f"| {100 * lo:.3g}-{100 * hi:.3g} | {sum(int(x['stale']) for x in m)} "
-                     f"| {sum(int(x['overlapping']) for x in m)} "
-                     f"| {_spread([x['stall_p99_ms'] for x in m])} |")  # fmt: skip
-    return lines
+        rows.append((*key, str(len(group)), f"{torn}/{stamped}", f"{rate:.3g}",
+                     f"{100 * lo:.3g}-{100 * hi:.3g}", _total(m, "stale"),
+                     _total(m, "overlapping"),
+                     _spread([x["stall_p99_ms"] for x in m])))  # fmt: skip
+    return Table(header, tuple(rows), _align(keys, 7))
 
 
-def _crash_table(samples: Sequence[Sample], keys: Sequence[str]) -> list[str]:
-    names = ("states_checked", "ledger_violations", "fsck_failures", "torn_unexplained")
-    lines = [f"| {' | '.join(keys)} | seeds | {' | '.join(n.replace('_', ' ') for n in names)} |",
-             "|" + "---|" * (len(keys) + 5)]  # fmt: skip
-    for key, group in _group(samples, keys).items():
-        sums = [sum(int(s.metrics[n]) for s in group) for n in names]
-        lines.append(f"| {' | '.join(key)} | {len(group)} | {' | '.join(map(str, sums))} |")
-    return lines
+_CRASH_METRICS = ("states_checked", "ledger_violations", "fsck_failures", "torn_unexplained")
+
+
+def _crash_table(samples: Sequence[Sample], keys: Sequence[str]) -> Table:
+    header = (*keys, "seeds", *(n.replace("_", " ") for n in _CRASH_METRICS))
+    rows = [(*key, str(len(group)), *(_total([s.metrics for s in group], n)
+                                       for n in _CRASH_METRICS))
+            for key, group in _group(samples, keys).items()]  # fmt: skip
+    return Table(header, tuple(rows), _align(keys, 5))
 
 
 _TABLES = {"model": _model_table, "run": _run_table, "crash": _crash_table}
@@ -299,47 +310,64 @@ _TITLES = {"model": "Page-forking model cells", "run": "Real-kernel cells (`nbdf
            "crash": "Crash cells (`nbdfork crash`)"}  # fmt: skip
 
 
-def _kind_section(kind: str, samples: Sequence[Sample]) -> list[str]:
+def _kind_section(kind: str, samples: Sequence[Sample]) -> list[Block]:
     keys = _keys(samples)
     table = _TABLES[kind]
-    lines = [f"## {_TITLES[kind]}", "", "Every setting (all axes but the seed):", "",
-             *table(samples, keys), ""]  # fmt: skip
+    blocks: list[Block] = [Heading(_TITLES[kind]), Paragraph("Every setting (all axes but the "
+                                                             "seed):"), table(samples, keys)]
     varying = _varying(samples, keys)
     for axis in varying if len(varying) > 1 else ():
-        lines += [f"### By {axis} (pooled over the other axes)", "", *table(samples, [axis]), ""]
-    return lines
+        blocks += [Heading(f"By {axis} (pooled over the other axes)", 3), table(samples, [axis])]
+    return blocks
 
 
-def _cells_table(report: CampaignReport) -> list[str]:
-    lines = ["| cell | status | seconds | exit | node | error |", "|---|---|---|---|---|---|"]
-    for c in report.cells:
-        seconds = "-" if c.duration_s is None else f"{c.duration_s:.1f}"
-        error = (c.error or "").replace("|", "\\|")[:120]
-        exit_status = "-" if c.exit_status is None else str(c.exit_status)
-        lines.append(f"| {c.id} | {c.status} | {seconds} | {exit_status} | {c.node or '-'} "
-                     f"| {error} |")  # fmt: skip
-    return lines
+def _cells_table(report: CampaignReport) -> Table:
+    rows = tuple(
+        (c.id, c.status, "-" if c.duration_s is None else f"{c.duration_s:.1f}",
+         "-" if c.exit_status is None else str(c.exit_status), c.node or "-",
+         (c.error or "")[:120])
+        for c in report.cells
+    )  # fmt: skip
+    return Table(("cell", "status", "seconds", "exit", "node", "error"), rows,
+                 ("l", "l", "r", "r", "l", "l"))  # fmt: skip
+
+
+def campaign_blocks(report: CampaignReport, found: Collected, plots: Sequence[str]) -> list[Block]:
+    """The merged report as document blocks (the model every nbdfork report renders through)."""
+    counts = ", ".join(f"{v} {k}" for k, v in report.counts.items() if v)
+    blocks: list[Block] = [
+        Heading(f"Campaign {report.name}", 1),
+        Paragraph(f"Seed {report.seed}, {len(report.cells)} cells ({counts}); executor "
+                  f"{report.executor}, up to {report.jobs} at once{_packed(report)}; "
+                  f"spec {code(report.spec_hash[:12])}; "
+                  f"nbdfork {report.version}. Medians with (min-max) are over seeds; verdict "
+                  "counts are totals; tear-rate intervals are Wilson 95% on torn/stamped pages "
+                  "pooled over seeds."),
+    ]  # fmt: skip
+    for kind in ("run", "model", "crash"):
+        if found.samples.get(kind):
+            blocks += _kind_section(kind, found.samples[kind])
+    blocks += [Image(name, name) for name in plots]
+    if found.unreadable:
+        blocks += [Heading("Cells whose report could not be read"),
+                   Table(("cell", "problem"), tuple(found.unreadable.items()), ("l", "l"))]
+    return [*blocks, Heading("Cells"), _cells_table(report)]
+
+
+def _packed(report: CampaignReport) -> str:
+    if report.cpus is None or report.memory is None:
+        return ""
+    return f" packed into {report.cpus} CPUs and {report.memory / (1 << 30):.1f} GiB"
 
 
 def render(directory: Path, report: CampaignReport) -> list[Path]:
-    """report.md and plots from `report` and the done cells' own reports; the files written."""
-    samples = collect(directory, report)
-    counts = ", ".join(f"{v} {k}" for k, v in report.counts.items() if v)
-    lines = [f"# Campaign {report.name}", "",
-             f"Seed {report.seed}, {len(report.cells)} cells ({counts}); executor "
-             f"{report.executor}, {report.jobs} at once; spec {report.spec_hash[:12]}; "
-             f"nbdfork {report.version}. Medians with (min-max) are over seeds; verdict "
-             "counts are totals; tear-rate intervals are Wilson 95% on torn/stamped pages "
-             "pooled over seeds.", ""]  # fmt: skip
-    for kind in ("run", "model", "crash"):
-        if samples.get(kind):
-            lines += _kind_section(kind, samples[kind])
-    plots = _plots(directory, samples)
-    lines += [f"![{p.name}]({p.name})" for p in plots]
-    lines += ["", "## Cells", "", *_cells_table(report), ""]
-    md = directory / "report.md"
-    md.write_text("\n".join(lines) + "\n")
-    return [*plots, md]
+    """report.md, report.html and plots from `report` and the done cells' own reports; the
+    files written."""
+    found = collect(directory, report)
+    plots = _plots(directory, found.samples)
+    blocks = campaign_blocks(report, found, [p.name for p in plots])
+    md, page = write_document(directory, blocks, f"nbdfork campaign {report.name}")
+    return [*plots, md, page]
 
 
 def _plots(directory: Path, samples: Mapping[str, Sequence[Sample]]) -> list[Path]:

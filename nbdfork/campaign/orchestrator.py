@@ -15,7 +15,6 @@ tasks. SIGINT/SIGTERM stop the campaign cleanly: running cells are stopped and j
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import datetime as dt
 import fcntl
@@ -36,6 +35,7 @@ from nbdfork.errors import ConfigError
 
 __all__ = [
     "CAMPAIGN_FILE",
+    "Budget",
     "CELLS",
     "Display",
     "Outcome",
@@ -147,32 +147,64 @@ async def _run_one(
     display.finished(cell, event, outcome)
 
 
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What the local executor packs running cells into: CPUs and bytes of memory. A cell
+    starts when it fits beside those running (each declares `cpus` and `memory`); a cell
+    bigger than the whole budget still runs, alone."""
+
+    cpus: int
+    memory: int
+
+    def fits(self, cell: Cell, running: Sequence[Cell]) -> bool:
+        if not running:
+            return True
+        cpus = sum(c.cpus for c in running) + cell.cpus
+        memory = sum(c.memory for c in running) + cell.memory
+        return cpus <= self.cpus and memory <= self.memory
+
+
+def _next_cells(
+    queue: list[Cell], running: Sequence[Cell], jobs: int, budget: Budget | None
+) -> list[Cell]:
+    """The queued cells to start now, in queue order (first fit: a smaller cell may start
+    ahead of a bigger one that must wait)."""
+    chosen: list[Cell] = []
+    for cell in queue:
+        if len(running) + len(chosen) >= jobs:
+            break
+        if budget is None or budget.fits(cell, [*running, *chosen]):
+            chosen.append(cell)
+    for cell in chosen:
+        queue.remove(cell)
+    return chosen
+
+
 async def _run_all(
     cells: Sequence[Cell], out: Path, executor: Executor, journal: Journal, *, jobs: int,
-    display: Display,
+    display: Display, budget: Budget | None = None,
 ) -> bool:  # fmt: skip
-    """Run `cells` `jobs` at a time; True when a signal stopped the campaign."""
+    """Run `cells`, at most `jobs` at a time and packed into `budget`; True when a signal
+    stopped the campaign."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    queue = collections.deque(cells)
-
-    async def worker() -> None:
-        while queue and not stop.is_set():
-            await _run_one(queue.popleft(), out, executor, journal, display)
-
-    workers = [asyncio.create_task(worker()) for _ in range(max(1, min(jobs, len(cells))))]
-    everything: asyncio.Future[Any] = asyncio.gather(*workers)
-    stopped: asyncio.Future[Any] = asyncio.create_task(stop.wait())
+    queue = list(cells)
+    running: dict[asyncio.Task[None], Cell] = {}
+    stopped = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait({everything, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            for task in workers:
-                task.cancel()
-        await asyncio.gather(everything, return_exceptions=True)
-        if not stop.is_set():
-            everything.result()  # an unexpected error in a worker
+        while (queue or running) and not stop.is_set():
+            for cell in _next_cells(queue, list(running.values()), jobs, budget):
+                running[asyncio.create_task(_run_one(cell, out, executor, journal, display))] = cell
+            waiting: set[asyncio.Future[Any]] = {*running, stopped}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in [t for t in running if t in done]:
+                del running[task]
+                task.result()  # an unexpected error in the orchestrator itself
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
     finally:
         stopped.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -181,14 +213,16 @@ async def _run_all(
 
 
 def run_cells(
-    spec: CampaignSpec, out: Path, executor: Executor, jobs: int, display: Display
-) -> Outcome:
-    """Run the cells of `spec` that the journal of `out` does not have as `done`."""
+    spec: CampaignSpec, out: Path, executor: Executor, jobs: int, display: Display, *,
+    budget: Budget | None = None,
+) -> Outcome:  # fmt: skip
+    """Run the cells of `spec` that the journal of `out` does not have as `done`, at most
+    `jobs` at once and (local executor) packed into `budget`."""
     started = time.monotonic()
     todo = pending_cells(spec.cells, read_journal(out))
     journal = Journal(out)
     try:
-        main = _run_all(todo, out, executor, journal, jobs=jobs, display=display)
+        main = _run_all(todo, out, executor, journal, jobs=jobs, display=display, budget=budget)
         interrupted = asyncio.run(main)
     finally:
         journal.close()

@@ -17,8 +17,7 @@ from nbdfork.report.document import (
     Paragraph,
     Table,
     code,
-    to_html,
-    to_markdown,
+    write_document,
 )
 
 __all__ = ["crash_blocks", "render_crash_report"]
@@ -90,9 +89,7 @@ def render_crash_report(out: Path, report: CrashReport | None = None) -> list[Pa
     png = out / "crash_outcomes.png"
     _plot(report.states, control_rows, png)
     blocks = crash_blocks(report, png.name)
-    md, page = out / "report.md", out / "report.html"
-    md.write_text(to_markdown(blocks), encoding="utf-8")
-    page.write_text(to_html(blocks, f"nbdfork crash campaign: {report.fs}"), encoding="utf-8")
+    md, page = write_document(out, blocks, f"nbdfork crash campaign: {report.fs}")
     return [md, page, png]
 
 

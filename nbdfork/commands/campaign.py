@@ -7,16 +7,24 @@ Argument parsing and display only; the work is nbdfork.campaign.orchestrator.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nbdfork.campaign.executors import CellOutcome, Executor, LocalExecutor, default_jobs
+from nbdfork.campaign.executors import (
+    CellOutcome,
+    Executor,
+    LocalExecutor,
+    default_jobs,
+    memory_bytes,
+)
 from nbdfork.campaign.journal import read_journal
 from nbdfork.campaign.merge import build_report, load_report, render, write_report
-from nbdfork.campaign.orchestrator import claim_directory, run_cells
+from nbdfork.campaign.orchestrator import Budget, claim_directory, run_cells
 from nbdfork.campaign.spec import Cell, example_kinds, example_spec, load_spec
+from nbdfork.config import parse_size
 from nbdfork.errors import ConfigError
 
 __all__ = ["register"]
@@ -49,6 +57,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--out", type=Path, required=True, metavar="DIR", help="campaign directory")
     run.add_argument("--jobs", type=int, metavar="N",
                      help="cells at once (default: from cores and memory; ray: every cell)")
+    run.add_argument("--cpus", type=int, metavar="N",
+                     help="local: CPUs to pack cells into (a VM cell takes 2, others 1; "
+                     "default: this machine's cores)")
+    run.add_argument("--memory", metavar="SIZE",
+                     help="local: memory to pack cells into (a VM cell takes 2.5G, others 512M; "
+                     "default: 90%% of this machine's)")
     run.add_argument("--executor", choices=("local", "ray"), default="local")
     run.add_argument("--address", metavar="ADDR",
                      help="Ray cluster address (default: a private local Ray runtime)")
@@ -115,10 +129,27 @@ def _executor(args: argparse.Namespace) -> Executor:
     return LocalExecutor(grace=args.grace)
 
 
+def _budget(args: argparse.Namespace) -> Budget | None:
+    """The local executor's CPUs and memory (Ray packs its tasks itself)."""
+    if args.executor == "ray":
+        for option, value in (("--cpus", args.cpus), ("--memory", args.memory)):
+            if value is not None:
+                raise ConfigError(option, "is for the local executor (Ray sizes its tasks)")
+        return None
+    if args.cpus is not None and args.cpus < 1:
+        raise ConfigError("--cpus", f"{args.cpus} must be at least 1")
+    memory = parse_size("--memory", args.memory) if args.memory is not None else None
+    if memory is not None and memory < 1:
+        raise ConfigError("--memory", f"{args.memory!r} must be more than 0")
+    return Budget(cpus=args.cpus or os.cpu_count() or 1,
+                  memory=memory or int(0.9 * memory_bytes()))  # fmt: skip
+
+
 def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError("--jobs", f"{args.jobs} must be at least 1")
+    budget = _budget(args)
     console = Console(stderr=True)
     with claim_directory(args.out, spec, args.spec, args.force):
         jobs = args.jobs or (len(spec.cells) if args.executor == "ray"
@@ -135,8 +166,9 @@ def _run(args: argparse.Namespace) -> int:
             progress.update(display._task, completed=sum(
                 1 for c in spec.cells
                 if (s := states.get(c.id)) and s.event == "done" and s.key == c.key))  # fmt: skip
-            outcome = run_cells(spec, args.out, executor, jobs, display)
-        report = build_report(spec, read_journal(args.out), executor.name, jobs, outcome.wall_s)
+            outcome = run_cells(spec, args.out, executor, jobs, display, budget=budget)
+        report = build_report(spec, read_journal(args.out), executor.name, jobs, outcome.wall_s,
+                              budget=budget)
         paths = write_report(args.out, report)
     counts = ", ".join(f"{v} {k}" for k, v in report.counts.items() if v)
     print(f"campaign {spec.name}: {counts} ({outcome.skipped} already done, "

@@ -1,33 +1,81 @@
-"""`nbdfork report OUT`: re-render a run's report.md, report.html and plots from its saved files."""
+"""`nbdfork report DIR`: re-render any nbdfork report (run, crash, model or campaign) from the
+files it saved: report.md, report.html and the plots, from DIR/report.json and what it names."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
-from nbdfork.report.render import render_report
+from nbdfork.errors import ReportError
+from nbdfork.report.codec import report_file, schema_of
 
-__all__ = ["handler", "register"]
+__all__ = ["RENDERERS", "handler", "register", "render_any"]
 
 _DESCRIPTION = """\
-Re-render OUT/report.md, OUT/report.html and the PNG plots from OUT/report.json and
-OUT/runs/*/events.jsonl, as `nbdfork run` wrote them. Prints the files written."""
+Re-render DIR/report.md, DIR/report.html and the PNG plots from DIR/report.json (and the
+files it refers to), whichever command wrote it: `nbdfork run`, `crash`, `model` or
+`campaign run`. The report's `schema` picks the renderer. Prints the files written."""
+
+
+def _run(out: Path) -> list[Path]:
+    from nbdfork.report.render import render_report  # noqa: PLC0415
+
+    return render_report(out)
+
+
+def _crash(out: Path) -> list[Path]:
+    from nbdfork.campaign.render import render_crash_report  # noqa: PLC0415
+
+    return render_crash_report(out)
+
+
+def _model(out: Path) -> list[Path]:
+    from nbdfork.pageforking.report import render_model_report  # noqa: PLC0415
+
+    return render_model_report(out)
+
+
+def _campaign(out: Path) -> list[Path]:
+    from nbdfork.campaign.merge import load_report, render  # noqa: PLC0415
+
+    return render(out, load_report(out))
+
+
+RENDERERS: dict[str, Callable[[Path], list[Path]]] = {
+    "nbdfork.run/1": _run,
+    "nbdfork.crash/1": _crash,
+    "nbdfork.model-report/1": _model,
+    "nbdfork.campaign/1": _campaign,
+}
+
+
+def render_any(out: Path) -> list[Path]:
+    """Render the report in `out` by the schema its report.json declares."""
+    source = report_file(out)
+    schema = schema_of(source)
+    renderer = RENDERERS.get(schema)
+    if renderer is None:
+        known = ", ".join(repr(s) for s in RENDERERS)
+        raise ReportError(f"{source}: schema: unknown schema {schema!r}; this nbdfork renders "
+                          f"{known}")  # fmt: skip
+    return renderer(source.parent)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `report` subcommand."""
     parser = subparsers.add_parser(
         "report",
-        help="re-render a run's report (markdown, html, plots) from its saved files",
+        help="re-render any report (run, crash, model, campaign) from its saved files",
         description=_DESCRIPTION,
     )
-    parser.add_argument("out", metavar="OUT", type=Path,
-                        help="the output directory of `nbdfork run` (holds report.json)")
+    parser.add_argument("out", metavar="DIR", type=Path,
+                        help="a report directory (holds report.json), or the report.json itself")
     parser.set_defaults(handler=handler)
 
 
 def handler(args: argparse.Namespace) -> int:
     """Render, then print each written path; errors surface as ReportError for the CLI."""
-    for path in render_report(args.out):
+    for path in render_any(args.out):
         print(path)
     return 0

@@ -20,6 +20,7 @@ from nbdfork import nbdkit as launch
 from nbdfork.config import parse_duration, parse_params
 from nbdfork.errors import ConfigError, ReportError
 from nbdfork.oracle.events import read_events
+from nbdfork.pageforking.schema import ModelDevice
 
 __all__ = [
     "PLUGIN",
@@ -128,13 +129,13 @@ class DeviceSettings:
         parse_params(pairs)
         return pairs
 
-    def describe(self) -> dict[str, object]:
-        """The settings as JSON values for the report."""
-        return {
-            "latency_ms": self.latency * 1e3, "reorder": self.reorder.describe(),
-            "device_seed": self.seed, "nbdkit_threads": self.threads,
-            "params": {k: v for k, v in self.reorder.device_params(self.latency)},
-        }  # fmt: skip
+    def to_record(self) -> ModelDevice:
+        """The settings as report.json holds them."""
+        return ModelDevice(
+            latency_ms=self.latency * 1e3, reorder=self.reorder.describe(),
+            device_seed=self.seed, nbdkit_threads=self.threads,
+            params=dict(self.reorder.device_params(self.latency)),
+        )  # fmt: skip
 
 
 def nbdkit_argv(settings: DeviceSettings, report: Path) -> list[str]:
@@ -160,13 +161,6 @@ class Verdicts:
     writes: int
     stamped_pages: int
     stale_phases: dict[str, int]  # stale_write events per phase: arrival / reply
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "torn": self.torn, "stale": self.stale, "overlapping": self.overlapping,
-            "writes": self.writes, "stamped_pages": self.stamped_pages,
-            "stale_phases": dict(self.stale_phases),
-        }  # fmt: skip
 
 
 def read_verdicts(report: Path) -> Verdicts:

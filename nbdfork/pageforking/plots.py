@@ -1,5 +1,8 @@
 """The model report's plots (matplotlib Agg, no pyplot state): the writer stall CDF per policy
-and per device setting, and writer throughput against device latency per policy."""
+and per device setting, and writer throughput against device latency per policy.
+
+Both are drawn from report.json alone (each run's writer_latency_hist, the summary table), so
+`nbdfork report OUT` redraws them."""
 
 from __future__ import annotations
 
@@ -12,9 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from nbdfork.pageforking.metrics import HIST_EDGES_MS, histogram
-from nbdfork.pageforking.run import RunResult
-from nbdfork.pageforking.summary import Row
+from nbdfork.pageforking.schema import ModelRun, TableRow
 
 __all__ = ["STALL_CDF", "THROUGHPUT", "plot_stall_cdf", "plot_throughput"]
 
@@ -25,22 +26,26 @@ _COLORS = {"none": "C3", "stable": "C0", "fork": "C2", "fork-unordered": "C1"}
 _STYLES = ("-", "--", ":", "-.")
 
 
-def _cdf(results: Sequence[RunResult]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """(stall ms, fraction of stores at most that slow) over every run in `results`."""
-    counts = np.zeros(len(HIST_EDGES_MS) - 1)
-    for result in results:
-        counts += np.asarray(histogram(result.phase.stalls)["counts"], dtype=np.float64)
+def _cdf(runs: Sequence[ModelRun]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(stall ms, fraction of stores at most that slow) over every run in `runs`, from their
+    writer_latency_hist (bins of equal upper edges pooled)."""
+    uppers = np.concatenate([np.asarray(r.writer_latency_hist.edges_ms[1:]) for r in runs])
+    weights = np.concatenate([np.asarray(r.writer_latency_hist.counts, dtype=np.float64)
+                              for r in runs])  # fmt: skip
+    x, where = np.unique(uppers, return_inverse=True)
+    counts = np.zeros(len(x))
+    np.add.at(counts, where, weights)
     cdf = np.cumsum(counts) / max(counts.sum(), 1.0)
-    return np.asarray(HIST_EDGES_MS[1:]), cdf
+    return x, cdf
 
 
-def _setting(result: RunResult) -> tuple[float, str]:
-    return (result.spec.latency, result.spec.reorder.describe())
+def _setting(run: ModelRun) -> tuple[float, str]:
+    return (run.latency_ms, run.reorder)
 
 
-def _cdf_panel(ax: Axes, title: str, results: Sequence[RunResult]) -> None:
-    for policy in dict.fromkeys(r.spec.policy.value for r in results):
-        x, y = _cdf([r for r in results if r.spec.policy.value == policy])
+def _cdf_panel(ax: Axes, title: str, runs: Sequence[ModelRun]) -> None:
+    for policy in dict.fromkeys(r.policy for r in runs):
+        x, y = _cdf([r for r in runs if r.policy == policy])
         keep = (y > 0) & (y < 1)
         ax.plot(x[keep], y[keep], color=_COLORS.get(policy), label=policy)
     ax.set_xscale("log")
@@ -52,25 +57,25 @@ def _cdf_panel(ax: Axes, title: str, results: Sequence[RunResult]) -> None:
     ax.legend(fontsize="small")
 
 
-def plot_stall_cdf(results: Sequence[RunResult], path: Path) -> Path | None:
+def plot_stall_cdf(runs: Sequence[ModelRun], path: Path) -> Path | None:
     """A panel per device setting (latencies across, reorderings down), a curve per policy."""
-    with_data = [r for r in results if r.phase.stalls]
-    latencies = sorted({r.spec.latency for r in with_data})
-    reorders = list(dict.fromkeys(r.spec.reorder.describe() for r in with_data))
+    with_data = [r for r in runs if r.writer_latency_hist.total]
+    latencies = sorted({r.latency_ms for r in with_data})
+    reorders = list(dict.fromkeys(r.reorder for r in with_data))
     if not with_data:
         return None
     fig = Figure(figsize=(4.4 * len(latencies), 3.8 * len(reorders)), layout="constrained")
     grid = fig.subplots(len(reorders), len(latencies), squeeze=False, sharey=True)
     for row, reorder in zip(grid, reorders, strict=True):
         for ax, latency in zip(row, latencies, strict=True):
-            runs = [r for r in with_data if _setting(r) == (latency, reorder)]
-            _cdf_panel(ax, f"{latency * 1e3:g} ms, {reorder}", runs)
+            panel = [r for r in with_data if _setting(r) == (latency, reorder)]
+            _cdf_panel(ax, f"{latency:g} ms, {reorder}", panel)
         row[0].set_ylabel("fraction of stores at most this slow")
     fig.savefig(path, dpi=_DPI)
     return path
 
 
-def plot_throughput(table: Sequence[Row], path: Path) -> Path | None:
+def plot_throughput(table: Sequence[TableRow], path: Path) -> Path | None:
     """Writer stores/s against device latency: one line per policy and reordering."""
     if not table:
         return None

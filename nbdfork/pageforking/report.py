@@ -1,25 +1,35 @@
-"""The model's report: OUT/report.json (every run, the summary rows, the ratios, the kernel
-rows when compared) and OUT/report.md with its plots.
+"""The model's report: OUT/report.json (nbdfork.model-report/1: every run, the summary rows,
+the ratios, the kernel rows when compared) and, rendered from it alone, OUT/report.md,
+OUT/report.html and the plots.
 
 Verdict columns come from the oracle inside nbdkit (each run's summary.json); the model only
-measures the client side: throughput, stalls, copies and fork memory.
+measures the client side: throughput, stalls, copies and fork memory. `write_report` builds
+the ModelReport and writes report.json; `render_model_report` (what `nbdfork report OUT` runs)
+turns a ModelReport, or OUT/report.json, into the rest.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
 from nbdfork import __version__
-from nbdfork.pageforking.compare import KernelRow
 from nbdfork.pageforking.plots import STALL_CDF, THROUGHPUT, plot_stall_cdf, plot_throughput
 from nbdfork.pageforking.run import RunResult
-from nbdfork.pageforking.summary import Ratio, Row, ratios, rows
+from nbdfork.pageforking.schema import (
+    REPORT_FILE,
+    KernelRow,
+    ModelReport,
+    PolicyRatio,
+    TableRow,
+    load_model_report,
+)
+from nbdfork.pageforking.summary import ratios, rows
 from nbdfork.pageforking.sweep import SweepPlan
+from nbdfork.report.codec import write_json
 from nbdfork.report.document import (
     Block,
     Bullets,
@@ -27,46 +37,60 @@ from nbdfork.report.document import (
     Image,
     Paragraph,
     Table,
-    to_html,
     to_markdown,
+    write_document,
 )
 
-__all__ = ["REPORT_SCHEMA", "write_report"]
+__all__ = [
+    "build_blocks",
+    "model_report",
+    "render_markdown",
+    "render_model_report",
+    "write_report",
+]
 
-REPORT_SCHEMA = "nbdfork.model-report/1"
+_TITLE = "nbdfork page-forking model"
 
 
-def _json(
-    plan: SweepPlan, results: Sequence[RunResult], table: Sequence[Row],
-    kernel: Sequence[KernelRow] | None,
-) -> dict[str, object]:  # fmt: skip
-    return {
-        "schema": REPORT_SCHEMA, "version": __version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(), "seed": plan.seed, "plan": plan.describe(),
-        "runs": [r.to_json() for r in results], "table": [r.to_json() for r in table],
-        "fork_vs_stable": [r.to_json() for r in ratios(table, "fork", "stable")],
-        "fork_vs_fork_unordered": [r.to_json() for r in ratios(table, "fork", "fork-unordered")],
-        "kernel": [k.to_json() for k in kernel] if kernel is not None else None,
-    }  # fmt: skip
+def model_report(
+    plan: SweepPlan, results: Sequence[RunResult], kernel: Sequence[KernelRow] | None = None,
+) -> ModelReport:  # fmt: skip
+    """The report of `plan`'s runs (and the real-kernel rows, when compared)."""
+    table = tuple(rows(results))
+    return ModelReport(
+        version=__version__, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        python=platform.python_version(), seed=plan.seed, plan=plan.to_record(),
+        runs=tuple(r.to_record() for r in results), table=table,
+        fork_vs_stable=tuple(ratios(table, "fork", "stable")),
+        fork_vs_fork_unordered=tuple(ratios(table, "fork", "fork-unordered")),
+        kernel=tuple(kernel) if kernel is not None else None,
+    )  # fmt: skip
 
 
 def write_report(
     out: Path, plan: SweepPlan, results: Sequence[RunResult],
     kernel: Sequence[KernelRow] | None = None,
 ) -> list[Path]:  # fmt: skip
-    """Write report.json, the plots and report.md into `out`; return the files written."""
+    """Write report.json, then the plots, report.md and report.html from it, into `out`;
+    return the files written."""
     out.mkdir(parents=True, exist_ok=True)
-    table = rows(results)
-    path = out / "report.json"
-    path.write_text(json.dumps(_json(plan, results, table, kernel), indent=1) + "\n")
-    written = [path]
-    plots = [plot_stall_cdf(results, out / STALL_CDF), plot_throughput(table, out / THROUGHPUT)]
-    written += [p for p in plots if p is not None]
-    blocks = build_blocks(plan, table, kernel, [p.name for p in plots if p])
-    md, page = out / "report.md", out / "report.html"
-    md.write_text(to_markdown(blocks))
-    page.write_text(to_html(blocks, "nbdfork page-forking model"))
+    report = model_report(plan, results, kernel)
+    return [write_json(report, out / REPORT_FILE), *render_model_report(out, report)]
+
+
+def render_model_report(out: Path, report: ModelReport | None = None) -> list[Path]:
+    """(Re)write the plots, report.md and report.html of `report` into `out` (a directory;
+    given its report.json, the directory holding it); without `report`, from OUT/report.json.
+    Returns the files written; a missing or bad report.json raises ReportError."""
+    if out.is_file():
+        out = out.parent
+    if report is None:
+        report = load_model_report(out)
+    plots = [plot_stall_cdf(report.runs, out / STALL_CDF),
+             plot_throughput(report.table, out / THROUGHPUT)]  # fmt: skip
+    written = [p for p in plots if p is not None]
+    blocks = build_blocks(report, [p.name for p in written])
+    md, page = write_document(out, blocks, _TITLE)
     return [*written, md, page]
 
 
@@ -77,7 +101,7 @@ def _fmt(value: float) -> str:
 _R: Final = "r"
 
 
-def _table(table: Sequence[Row]) -> Table:
+def _table(table: Sequence[TableRow]) -> Table:
     header = ("device latency", "reorder", "policy", "writer stores/s", "stall p50 ms",
               "p99 ms", "p99.9 ms", "max ms", "copies", "fork peak KiB", "device writes",
               "torn", "stale", "overlapping")  # fmt: skip
@@ -91,7 +115,7 @@ def _table(table: Sequence[Row]) -> Table:
     return Table(header, rows, ("l", "l", "l") + (_R,) * 11)
 
 
-def _writeback_table(table: Sequence[Row]) -> Table:
+def _writeback_table(table: Sequence[TableRow]) -> Table:
     header = ("device latency", "reorder", "policy", "device write round trip p50 ms",
               "p99 ms", "deferred writes", "deferral p50 ms", "p99 ms",
               "writes of one block in flight, max", "bytes copied", "fsyncs", "fsync p50 ms",
@@ -106,16 +130,21 @@ def _writeback_table(table: Sequence[Row]) -> Table:
     return Table(header, rows, ("l", "l", "l") + (_R,) * 10)
 
 
-def _fork_lines(items: Sequence[Ratio]) -> list[str]:
+def _ratio(value: float | None, spec: str) -> str:
+    """A ratio; None (a zero denominator) is infinite."""
+    return format(float("inf") if value is None else value, spec)
+
+
+def _fork_lines(items: Sequence[PolicyRatio]) -> list[str]:
     return [
-        f"{r.latency_ms:g} ms, {r.reorder}: fork makes {r.throughput_ratio:.2f}x the writer "
-        f"throughput of stable; stable's p99 stall is {r.p99_ratio:.0f}x fork's "
-        f"(p99.9: {r.p999_ratio:.0f}x)."
+        f"{r.latency_ms:g} ms, {r.reorder}: fork makes {_ratio(r.throughput_ratio, '.2f')}x "
+        f"the writer throughput of stable; stable's p99 stall is {_ratio(r.p99_ratio, '.0f')}x "
+        f"fork's (p99.9: {_ratio(r.p999_ratio, '.0f')}x)."
         for r in items
     ]
 
 
-def _ordering_lines(table: Sequence[Row]) -> list[str]:
+def _ordering_lines(table: Sequence[TableRow]) -> list[str]:
     by_key = {(r.latency_ms, r.reorder, r.policy): r for r in table}
     lines = []
     for fork in (r for r in table if r.policy == "fork"):
@@ -133,7 +162,7 @@ def _ordering_lines(table: Sequence[Row]) -> list[str]:
     return lines
 
 
-def _kernel_blocks(kernel: Sequence[KernelRow], table: Sequence[Row]) -> list[Block]:
+def _kernel_blocks(kernel: Sequence[KernelRow], table: Sequence[TableRow]) -> list[Block]:
     rows: list[tuple[str, ...]] = []
     for k in kernel:
         rate = 100 * k.torn / k.stamped_pages if k.stamped_pages else 0.0
@@ -160,20 +189,18 @@ def _kernel_blocks(kernel: Sequence[KernelRow], table: Sequence[Row]) -> list[Bl
     ]  # fmt: skip
 
 
-def build_blocks(
-    plan: SweepPlan, table: Sequence[Row], kernel: Sequence[KernelRow] | None,
-    plots: Sequence[str],
-) -> list[Block]:  # fmt: skip
+def build_blocks(report: ModelReport, plots: Sequence[str]) -> list[Block]:
     """The report: settings, the results table, the ratios, the kernel comparison, the plots."""
-    w, t = plan.workload, plan.tuning
+    plan, table = report.plan, report.table
+    w, t = plan.workload, plan.writeback
     blocks: list[Block] = [
         Heading("Page forking model: none / stable / fork / fork-unordered", 1),
         Paragraph(
             f"Seed {plan.seed}, {plan.seeds} seed(s) per setting, {plan.seconds:g} s per run; "
-            f"{w.writers} writers x {w.pages} hot pages, think {w.think * 1e3:g} ms, fsync "
-            f"every {w.fsync_every or 'never'}; dirty expire {t.dirty_expire * 1e3:g} ms, "
-            f"flusher every {t.interval * 1e3:g} ms, queue depth {t.queue_depth}; nbdkit "
-            f"--threads {plan.threads}. Rates and stalls are medians over seeds (max: the "
+            f"{w.writers} writers x {w.pages_per_writer} hot pages, think {w.think_ms:g} ms, "
+            f"fsync every {w.fsync_every or 'never'}; dirty expire {t.dirty_expire_ms:g} ms, "
+            f"flusher every {t.writeback_interval_ms:g} ms, queue depth {t.queue_depth}; nbdkit "
+            f"--threads {plan.nbdkit_threads}. Rates and stalls are medians over seeds (max: the "
             "largest); torn/stale/overlapping are totals over seeds, read from the device "
             "oracle's per-run summary."
         ),
@@ -187,7 +214,7 @@ def build_blocks(
         ),
         _writeback_table(table),
         Heading("Fork against stable"),
-        Bullets(tuple(_fork_lines(ratios(table, "fork", "stable"))) or ("no pairs",)),
+        Bullets(tuple(_fork_lines(report.fork_vs_stable)) or ("no pairs",)),
         Heading("The cost of ordering fork writes (fork vs fork-unordered)"),
         Paragraph(
             "Writers never wait for the ordering; a fork's write waits for its predecessor's "
@@ -195,14 +222,11 @@ def build_blocks(
         ),
         Bullets(tuple(_ordering_lines(table)) or ("no pairs",)),
     ]
-    if kernel is not None:
-        blocks += _kernel_blocks(kernel, table)
+    if report.kernel is not None:
+        blocks += _kernel_blocks(report.kernel, table)
     return blocks + [Image(name, name) for name in plots]
 
 
-def render_markdown(
-    plan: SweepPlan, table: Sequence[Row], kernel: Sequence[KernelRow] | None,
-    plots: Sequence[str],
-) -> str:  # fmt: skip
+def render_markdown(report: ModelReport, plots: Sequence[str]) -> str:
     """report.md (the same blocks also make report.html)."""
-    return to_markdown(build_blocks(plan, table, kernel, plots))
+    return to_markdown(build_blocks(report, plots))

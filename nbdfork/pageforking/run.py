@@ -27,8 +27,9 @@ from nbdfork.pageforking.device import (
     read_verdicts,
 )
 from nbdfork.pageforking.export import Export
-from nbdfork.pageforking.metrics import histogram, percentiles
+from nbdfork.pageforking.metrics import histogram, latency_summary, percentiles
 from nbdfork.pageforking.policy import Policy
+from nbdfork.pageforking.schema import ModelRun
 from nbdfork.pageforking.writeback import WritebackEngine, WritebackTuning
 from nbdfork.pageforking.writer import Workload, Writer
 
@@ -97,28 +98,26 @@ class RunResult:
         """Writer stall percentiles (p50, p99, p999, max) in ms; zeros when nothing was written."""
         return {k: v or 0.0 for k, v in percentiles(self.phase.stalls).items()}
 
-    def to_json(self) -> dict[str, object]:
+    def to_record(self) -> ModelRun:
         """The run's entry in report.json."""
-        s, c = self.spec, self.phase.cache
-        return {
-            "policy": s.policy.value, "latency_ms": s.latency * 1e3,
-            "reorder": s.reorder.describe(), "seed": s.seed, "rep": s.rep,
-            **self.verdicts.to_json(),
-            "writer_ops": len(self.phase.stalls), "seconds": round(self.phase.seconds, 6),
-            "throughput": round(self.throughput, 3),
-            "writer_latency_ms": percentiles(self.phase.stalls),
-            "writer_latency_hist": histogram(self.phase.stalls),
-            "fsyncs": len(self.phase.fsyncs), "fsync_latency_ms": percentiles(self.phase.fsyncs),
-            "copies": c.copies, "bytes_copied": c.bytes_copied,
-            "fork_bytes_peak": c.fork_bytes_peak, "waits": c.waits,
-            "unstable_stores": c.unstable_stores, "writebacks": c.writebacks,
-            "deferrals": c.deferrals, "deferral_ms": percentiles(c.deferral_s),
-            "device_write_ms": percentiles(self.phase.round_trips),
-            "loadavg": list(self.phase.load),
-            "in_flight_per_block_peak": c.in_flight_per_block_peak,
-            "device": self.device.describe(), "workload": s.workload.describe(),
-            "writeback": s.tuning.describe(), "dir": str(self.dir),
-        }  # fmt: skip
+        s, c, v = self.spec, self.phase.cache, self.verdicts
+        return ModelRun(
+            policy=s.policy.value, latency_ms=s.latency * 1e3, reorder=s.reorder.describe(),
+            seed=s.seed, rep=s.rep, torn=v.torn, stale=v.stale, overlapping=v.overlapping,
+            writes=v.writes, stamped_pages=v.stamped_pages, stale_phases=dict(v.stale_phases),
+            writer_ops=len(self.phase.stalls), seconds=round(self.phase.seconds, 6),
+            throughput=round(self.throughput, 3),
+            writer_latency_ms=latency_summary(self.phase.stalls),
+            writer_latency_hist=histogram(self.phase.stalls),
+            fsyncs=len(self.phase.fsyncs), fsync_latency_ms=latency_summary(self.phase.fsyncs),
+            copies=c.copies, bytes_copied=c.bytes_copied, fork_bytes_peak=c.fork_bytes_peak,
+            waits=c.waits, unstable_stores=c.unstable_stores, writebacks=c.writebacks,
+            deferrals=c.deferrals, deferral_ms=latency_summary(c.deferral_s),
+            device_write_ms=latency_summary(self.phase.round_trips), loadavg=self.phase.load,
+            in_flight_per_block_peak=c.in_flight_per_block_peak,
+            device=self.device.to_record(), workload=s.workload.to_record(),
+            writeback=s.tuning.to_record(), dir=str(self.dir),
+        )  # fmt: skip
 
 
 def run_model(spec: RunSpec, directory: Path, tick: Tick | None = None) -> RunResult:

@@ -9,50 +9,12 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 from nbdfork.pageforking.metrics import percentiles
 from nbdfork.pageforking.run import RunResult
+from nbdfork.pageforking.schema import PolicyName, PolicyRatio, TableRow
 
-__all__ = ["Ratio", "Row", "ratios", "rows"]
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One policy on one device setting."""
-
-    latency_ms: float
-    reorder: str
-    policy: str
-    runs: int
-    throughput: float  # writer stores per second (median)
-    throughput_min: float
-    throughput_max: float
-    p50_ms: float
-    p99_ms: float
-    p999_ms: float
-    max_ms: float  # the largest over the seeds
-    copies: float
-    bytes_copied: float
-    fork_bytes_peak: int  # the largest over the seeds
-    deferrals: float
-    deferral_p50_ms: float  # how long a due write waited for its block's write in flight
-    deferral_p99_ms: float
-    write_p50_ms: float  # device write round trip seen by the client
-    write_p99_ms: float
-    in_flight_peak: int  # most writes of one block in flight together (the largest)
-    fsyncs: float
-    fsync_p50_ms: float
-    fsync_p99_ms: float
-    writes: float  # device WRITEs (median)
-    stamped_pages: float
-    torn: int  # totals over the seeds
-    stale: int
-    overlapping: int
-
-    def to_json(self) -> dict[str, object]:
-        """The row as JSON values."""
-        return asdict(self)
+__all__ = ["ratios", "rows"]
 
 
 def _median(values: Sequence[float]) -> float:
@@ -64,7 +26,7 @@ def _p(samples: Sequence[Sequence[float]], key: str) -> float:
     return _median([percentiles(s)[key] or 0.0 for s in samples])
 
 
-def _row(group: Sequence[RunResult]) -> Row:
+def _row(group: Sequence[RunResult]) -> TableRow:
     spec = group[0].spec
     stalls = [r.stall_ms() for r in group]
     caches = [r.phase.cache for r in group]
@@ -72,7 +34,7 @@ def _row(group: Sequence[RunResult]) -> Row:
     deferrals = [c.deferral_s for c in caches]
     verdicts = [r.verdicts for r in group]
     throughputs = [r.throughput for r in group]
-    return Row(
+    return TableRow(
         latency_ms=spec.latency * 1e3, reorder=spec.reorder.describe(),
         policy=spec.policy.value, runs=len(group), throughput=_median(throughputs),
         throughput_min=min(throughputs), throughput_max=max(throughputs),
@@ -95,7 +57,7 @@ def _row(group: Sequence[RunResult]) -> Row:
     )  # fmt: skip
 
 
-def rows(results: Sequence[RunResult]) -> list[Row]:
+def rows(results: Sequence[RunResult]) -> list[TableRow]:
     """One row per (latency, reorder, policy), in the order the sweep ran them."""
     groups: dict[tuple[float, str, str], list[RunResult]] = {}
     for result in results:
@@ -104,37 +66,22 @@ def rows(results: Sequence[RunResult]) -> list[Row]:
     return [_row(group) for group in groups.values()]
 
 
-@dataclass(frozen=True, slots=True)
-class Ratio:
-    """Policy `a` against policy `b` on one device setting: how much faster, how much less stall."""
-
-    latency_ms: float
-    reorder: str
-    a: str
-    b: str
-    throughput_ratio: float  # a's writes/s over b's
-    p99_ratio: float  # b's p99 stall over a's (> 1: a stalls less)
-    p999_ratio: float
-
-    def to_json(self) -> dict[str, object]:
-        """The ratio as JSON values."""
-        return asdict(self)
+def _safe(numerator: float, denominator: float) -> float | None:
+    """numerator / denominator; None (infinitely more) when the denominator is zero."""
+    return numerator / denominator if denominator > 0 else None
 
 
-def _safe(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator > 0 else float("inf")
-
-
-def ratios(table: Sequence[Row], a: str, b: str) -> list[Ratio]:
+def ratios(table: Sequence[TableRow], a: PolicyName, b: PolicyName) -> list[PolicyRatio]:
     """`a` against `b` at every device setting where both ran."""
     by_key = {(r.latency_ms, r.reorder, r.policy): r for r in table}
-    out: list[Ratio] = []
+    out: list[PolicyRatio] = []
     for row in table:
         other = by_key.get((row.latency_ms, row.reorder, b))
         if row.policy != a or other is None:
             continue
-        out.append(Ratio(
-            row.latency_ms, row.reorder, a, b, _safe(row.throughput, other.throughput),
-            _safe(other.p99_ms, row.p99_ms), _safe(other.p999_ms, row.p999_ms),
+        out.append(PolicyRatio(
+            latency_ms=row.latency_ms, reorder=row.reorder, a=a, b=b,
+            throughput_ratio=_safe(row.throughput, other.throughput),
+            p99_ratio=_safe(other.p99_ms, row.p99_ms), p999_ratio=_safe(other.p999_ms, row.p999_ms),
         ))  # fmt: skip
     return out

@@ -16,6 +16,7 @@ from typing import Protocol
 from nbdfork.pageforking.device import ReorderSpec
 from nbdfork.pageforking.policy import Policy
 from nbdfork.pageforking.run import RunResult, RunSpec, run_model
+from nbdfork.pageforking.schema import ModelPlan
 from nbdfork.pageforking.writeback import WritebackTuning
 from nbdfork.pageforking.writer import Workload
 
@@ -45,15 +46,15 @@ class SweepPlan:
             for rep, latency, reorder, policy in grid
         ]  # fmt: skip
 
-    def describe(self) -> dict[str, object]:
-        """The plan as JSON values for the report."""
-        return {
-            "policies": [p.value for p in self.policies],
-            "latencies_ms": [x * 1e3 for x in self.latencies],
-            "reorders": [r.describe() for r in self.reorders], "seed": self.seed,
-            "seeds": self.seeds, "seconds": self.seconds, "nbdkit_threads": self.threads,
-            "workload": self.workload.describe(), "writeback": self.tuning.describe(),
-        }  # fmt: skip
+    def to_record(self) -> ModelPlan:
+        """The plan as report.json holds it."""
+        return ModelPlan(
+            policies=tuple(p.value for p in self.policies),
+            latencies_ms=tuple(x * 1e3 for x in self.latencies),
+            reorders=tuple(r.describe() for r in self.reorders), seed=self.seed,
+            seeds=self.seeds, seconds=float(self.seconds), nbdkit_threads=self.threads,
+            workload=self.workload.to_record(), writeback=self.tuning.to_record(),
+        )  # fmt: skip
 
 
 class Progress(Protocol):

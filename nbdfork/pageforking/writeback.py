@@ -18,6 +18,7 @@ from typing import Protocol
 from nbdfork.errors import DeviceError
 from nbdfork.pageforking.cache import PAGE_SIZE, Page, PageCache
 from nbdfork.pageforking.export import Done
+from nbdfork.pageforking.schema import WritebackSettings
 
 __all__ = ["SECTOR_SIZE", "Device", "WritebackEngine", "WritebackTuning", "send_copy"]
 
@@ -60,14 +61,12 @@ class WritebackTuning:
     queue_depth: int = 128  # writes in flight at most (nbd.ko's tag_set.queue_depth)
     base_block: int = 0  # device block (4 KiB) of cache block 0
 
-    def describe(self) -> dict[str, float]:
-        """The knobs as JSON values for the report."""
-        return {
-            "dirty_expire_ms": self.dirty_expire * 1e3,
-            "writeback_interval_ms": self.interval * 1e3,
-            "send_pace_ms": self.send_pace * 1e3,
-            "queue_depth": self.queue_depth,
-        }
+    def to_record(self) -> WritebackSettings:
+        """The knobs as report.json holds them."""
+        return WritebackSettings(
+            dirty_expire_ms=self.dirty_expire * 1e3, writeback_interval_ms=self.interval * 1e3,
+            send_pace_ms=self.send_pace * 1e3, queue_depth=self.queue_depth,
+        )  # fmt: skip
 
 
 class WritebackEngine:

@@ -14,6 +14,7 @@ import numpy as np
 
 from nbdfork.oracle.stamp import encode_page
 from nbdfork.pageforking.cache import PageCache
+from nbdfork.pageforking.schema import ModelWorkload
 from nbdfork.pageforking.writeback import WritebackEngine
 
 __all__ = ["Workload", "Writer"]
@@ -35,10 +36,10 @@ class Workload:
         """Pages in the cache: every writer's hot set."""
         return self.writers * self.pages
 
-    def describe(self) -> dict[str, object]:
-        """The workload as JSON values for the report."""
-        return {"writers": self.writers, "pages_per_writer": self.pages,
-                "think_ms": self.think * 1e3, "fsync_every": self.fsync_every}  # fmt: skip
+    def to_record(self) -> ModelWorkload:
+        """The workload as report.json holds it."""
+        return ModelWorkload(writers=self.writers, pages_per_writer=self.pages,
+                             think_ms=self.think * 1e3, fsync_every=self.fsync_every)  # fmt: skip
 
 
 class Writer:

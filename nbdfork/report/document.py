@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TypeAlias
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "code",
     "to_html",
     "to_markdown",
+    "write_document",
 ]
 
 
@@ -163,3 +165,11 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
         f"<title>{html.escape(title)}</title>\n<style>\n{_CSS}</style>\n</head>\n"
         f"<body>\n{body}\n</body>\n</html>\n"
     )
+
+
+def write_document(out: Path, blocks: Sequence[Block], title: str) -> tuple[Path, Path]:
+    """OUT/report.md and OUT/report.html from one block list (every nbdfork report's pair)."""
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(to_markdown(blocks), encoding="utf-8")
+    page.write_text(to_html(blocks, title), encoding="utf-8")
+    return md, page

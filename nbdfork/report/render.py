@@ -21,8 +21,7 @@ from nbdfork.report.document import (
     Paragraph,
     Table,
     code,
-    to_html,
-    to_markdown,
+    write_document,
 )
 from nbdfork.report.events import EVENTS_FILE, TearSamples, read_tears
 from nbdfork.report.findings import findings, ordered, workloads
@@ -39,10 +38,8 @@ from nbdfork.report.plots import (
 )
 from nbdfork.report.schema import REPORT_FILE, JSONValue, MatrixReport, RunResult, load_report
 
-__all__ = ["HTML_FILE", "MARKDOWN_FILE", "build_document", "fmt_ms", "render_report"]
+__all__ = ["build_document", "fmt_ms", "render_report"]
 
-MARKDOWN_FILE = "report.md"
-HTML_FILE = "report.html"
 _NONE = "-"
 _PLOT_TITLES = {
     LATENCY_CDF: "Writer latency CDF",
@@ -264,9 +261,7 @@ def render_report(out_dir: Path) -> list[Path]:
     report = load_report(out_dir / REPORT_FILE)
     plots = _write_plots(out_dir, report)
     blocks = build_document(report, [p.name for p in plots])
-    md, page = out_dir / MARKDOWN_FILE, out_dir / HTML_FILE
-    md.write_text(to_markdown(blocks), encoding="utf-8")
-    page.write_text(to_html(blocks, f"nbdfork report: {report.kernel}"), encoding="utf-8")
+    md, page = write_document(out_dir, blocks, f"nbdfork report: {report.kernel}")
     return [md, page, *plots]
 
 

@@ -12,6 +12,7 @@ import compileall
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import os
 import re
 import subprocess
@@ -367,7 +368,9 @@ class RunSession:
         for spec in plan.runs:
             m = self.vm.run_marks.get(spec.id, {})
             if "start" in m and "end" in m:
-                overhead.append(round(m["end"] - m["start"] - spec.seconds, 3))
+                # a skipped workload (no atomic unit, say) spent seconds of nothing
+                spent = min(spec.seconds, _workload_s(Path(plan.out) / "runs" / spec.id))
+                overhead.append(round(m["end"] - m["start"] - spent, 3))
         ready = marks.get("ready", marks.get("exit", 0.0))
         host_start = self.host.start_s if self.host is not None else 0.0
         return HarnessTimings(
@@ -396,6 +399,15 @@ class RunSession:
             "sysctls": self.plan.sysctls if self.plan else {},
             "plan": "plan.json",
         }
+
+
+def _workload_s(run_dir: Path) -> float:
+    """Seconds the run's workload took, as the guest measured them (0 when unknown)."""
+    try:
+        result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+        return float(result["durations"]["workload_s"] or 0.0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def kernel_list(spec: str | None) -> list[str | None]:
