@@ -386,3 +386,21 @@ def test_kernels_plot_only_with_several_kernels(tmp_path: Path) -> None:
     other = [msgspec.structs.replace(r, kernel="7.2.13+deb14-amd64") for r in report.runs]
     path = plot_kernels([*report.runs, *other], tmp_path / "two.png")
     assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("kind", ["run", "crash", "model", "campaign"])
+def test_published_json_schemas_are_those_of_the_code(kind: str) -> None:
+    """docs/schemas/KIND.schema.json is what `nbdfork report --json-schema KIND` prints now
+    (regenerate with that command after changing a report's structures)."""
+    published = Path(__file__).parent.parent / "docs" / "schemas" / f"{kind}.schema.json"
+    generated = json.loads(json.dumps(report_command.json_schema(kind)))
+    assert json.loads(published.read_text()) == generated
+    assert generated["title"].startswith(f"nbdfork {kind} report")
+
+
+def test_the_run_schema_names_every_field_the_golden_report_holds() -> None:
+    """Every field of the golden report.json (top level and a run) is in the JSON Schema."""
+    schema = report_command.json_schema("run")["$defs"]
+    data = _golden_json()
+    assert set(data) <= set(schema["MatrixReport"]["properties"])
+    assert set(data["runs"][0]) <= set(schema["RunResult"]["properties"])

@@ -4,13 +4,18 @@ files it saved: report.md, report.html and the plots, from DIR/report.json and w
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from nbdfork.errors import ReportError
 from nbdfork.report.codec import report_file, schema_of
 
-__all__ = ["RENDERERS", "handler", "register", "render_any"]
+__all__ = ["KINDS", "RENDERERS", "handler", "json_schema", "register", "render_any"]
 
 _DESCRIPTION = """\
 Re-render DIR/report.md, DIR/report.html and the PNG plots from DIR/report.json (and the
@@ -42,12 +47,30 @@ def _campaign(out: Path) -> list[Path]:
     return render(out, load_report(out))
 
 
-RENDERERS: dict[str, Callable[[Path], list[Path]]] = {
+RENDERERS: dict[str, Callable[[Path], list[Path]]] = {  # keyed by the schema in report.json
     "nbdfork.run/1": _run,
     "nbdfork.crash/1": _crash,
     "nbdfork.model-report/1": _model,
     "nbdfork.campaign/1": _campaign,
 }
+
+
+KINDS: dict[str, tuple[str, str]] = {
+    # kind: (schema, "module:Type" of its report.json)
+    "run": ("nbdfork.run/1", "nbdfork.report.schema:MatrixReport"),
+    "crash": ("nbdfork.crash/1", "nbdfork.campaign.schema:CrashReport"),
+    "model": ("nbdfork.model-report/1", "nbdfork.pageforking.schema:ModelReport"),
+    "campaign": ("nbdfork.campaign/1", "nbdfork.campaign.merge:CampaignReport"),
+}
+
+
+def json_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of one kind of report.json, generated from its structures."""
+    schema, where = KINDS[kind]
+    module, name = where.split(":")
+    document: dict[str, Any] = msgspec.json.schema(getattr(importlib.import_module(module), name))
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": f"nbdfork {kind} report ({schema})", **document}  # fmt: skip
 
 
 def render_any(out: Path) -> list[Path]:
@@ -69,13 +92,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="re-render any report (run, crash, model, campaign) from its saved files",
         description=_DESCRIPTION,
     )
-    parser.add_argument("out", metavar="DIR", type=Path,
+    parser.add_argument("out", metavar="DIR", type=Path, nargs="?",
                         help="a report directory (holds report.json), or the report.json itself")
+    parser.add_argument("--json-schema", choices=tuple(KINDS), metavar="KIND",
+                        help="print the JSON Schema of one kind of report.json "
+                        f"({', '.join(KINDS)}) instead of rendering")
     parser.set_defaults(handler=handler)
 
 
 def handler(args: argparse.Namespace) -> int:
     """Render, then print each written path; errors surface as ReportError for the CLI."""
+    if args.json_schema:
+        if args.out is not None:
+            raise ReportError("--json-schema prints a schema: give no DIR with it")
+        print(json.dumps(json_schema(args.json_schema), indent=2))
+        return 0
+    if args.out is None:
+        raise ReportError("give the report directory (DIR) to re-render, or --json-schema KIND")
     for path in render_any(args.out):
         print(path)
     return 0
