@@ -433,3 +433,33 @@ def test_the_ray_executor_runs_model_cells_on_a_local_runtime(tmp_path: Path) ->
         assert "nbdfork" in (out / "cells" / cell / "cell.log").read_text()
     done = [x for x in _journal(out) if x["event"] == "done"]
     assert {x["executor"] for x in done} == {"ray"} and all(x["node"] for x in done)
+
+
+def test_the_merged_report_sets_the_model_beside_the_kernel() -> None:
+    """With run and model cells, one table pairs stable_writes=0 with `none` and 1 with
+    `stable` (kernel tear rate with its interval, stall spread over seeds) and shows fork."""
+    from nbdfork.campaign.merge import Collected, Sample, campaign_blocks  # noqa: PLC0415
+    from nbdfork.report.document import to_markdown  # noqa: PLC0415
+
+    def run(sw: str, torn: int, p99: float) -> Sample:
+        return Sample({"fs": "ext4", "stable_writes": sw},
+                      {"torn": torn, "stamped": 1000, "stale": 0, "overlapping": 0,
+                       "stall_p99_ms": p99})  # fmt: skip
+
+    def model(policy: str, p99: float) -> Sample:
+        return Sample({"policy": policy}, {"throughput": 100.0, "stall_p99_ms": p99, "torn": 0,
+                                           "stale": 0, "overlapping": 0})  # fmt: skip
+
+    found = Collected({"run": [run("0", 10, 1.0), run("0", 20, 3.0), run("1", 0, 9.0)],
+                       "model": [model("none", 0.1), model("stable", 5.0),
+                                 model("fork", 0.2)]}, {})  # fmt: skip
+    cell = CellRecord(id="c", kind="run", status="done", axes={}, seed=1, dir="cells/c")
+    report = CampaignReport(name="n", seed=1, spec_hash="h" * 16, executor="local", jobs=1,
+                            wall_s=1.0, cells=(cell,), counts={"done": 1})  # fmt: skip
+    md = to_markdown(campaign_blocks(report, found, []))
+    assert "## The model beside the kernel" in md
+    assert ("| no stable pages | stable_writes=0 | 2 | 30/2000 | 1.5 (1.05-2.13) | 2 (1-3) "
+            "| none | 1 | 0 | 0.1 |") in md
+    assert "| stable pages (the writer waits) | stable_writes=1 | 1 | 0/1000 | 0 (0-0.383) |" in md
+    assert "| page forking (a copy is written) | - | - | - | - | - | fork | 1 | 0 | 0.2 |" in md
+    assert "fork-unordered" not in md  # no such cell: no row
