@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a fresh clone: import nbdfork from here
     sys.path.insert(0, str(ROOT))
@@ -74,13 +76,12 @@ def matrix_run(out: Path, configs: int, seconds: float) -> dict[str, Any]:
     )
     started = time.monotonic()
     report = RunSession(options).execute()
-    outcomes = [r["outcome"] for r in report["runs"]]
     return {
         "wall_s": round(time.monotonic() - started, 3),
-        "harness": report["harness"],
-        "outcomes": outcomes,
-        "accel": report["accel"],
-        "kernel": report["kernel"],
+        "harness": msgspec.to_builtins(report.harness),
+        "outcomes": [r.outcome for r in report.runs],
+        "accel": report.accel,
+        "kernel": report.kernel,
     }
 
 

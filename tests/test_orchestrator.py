@@ -463,3 +463,30 @@ def test_the_merged_report_sets_the_model_beside_the_kernel() -> None:
     assert "| stable pages (the writer waits) | stable_writes=1 | 1 | 0/1000 | 0 (0-0.383) |" in md
     assert "| page forking (a copy is written) | - | - | - | - | - | fork | 1 | 0 | 0.2 |" in md
     assert "fork-unordered" not in md  # no such cell: no row
+
+
+def test_a_running_cells_output_streams_into_its_log_and_the_display(tmp_path: Path) -> None:
+    """Each stdout line reaches `on_line` (the campaign's display) and cell.log while the cell
+    still runs, not when it ends."""
+    import asyncio  # noqa: PLC0415
+
+    from nbdfork.campaign.executors import LocalExecutor  # noqa: PLC0415
+
+    code = ("import time; print('booting', flush=True); time.sleep(1.5); "
+            "print('workload', flush=True)")  # fmt: skip
+    cell = Cell(id="c", kind="exec", axes={}, seed=1, argv=(sys.executable, "-c", code),
+                ok_statuses=(0,))  # fmt: skip
+    directory = tmp_path / "cells" / "c"
+    directory.mkdir(parents=True)
+    heard: list[tuple[float, str, str]] = []
+
+    def on_line(line: str) -> None:
+        logs = list((tmp_path / ".running").glob("*/cell.log"))
+        heard.append((time.monotonic(), line, logs[0].read_text() if logs else ""))
+
+    outcome = asyncio.run(LocalExecutor().run(cell, directory, on_line))
+    ended = time.monotonic()
+    assert outcome.ok and [line for _, line, _ in heard] == ["booting", "workload"]
+    assert ended - heard[0][0] > 1.0  # heard while the cell was still sleeping
+    assert "booting" in heard[0][2]  # and already in its log
+    assert "workload" in (directory / "cell.log").read_text()

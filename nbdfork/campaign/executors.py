@@ -26,7 +26,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +40,7 @@ __all__ = [
     "CELL_LOG",
     "CellOutcome",
     "Executor",
+    "OnLine",
     "LocalExecutor",
     "RayExecutor",
     "default_jobs",
@@ -64,12 +65,18 @@ class CellOutcome:
     ok: bool  # the exit status is one of the cell's ok_statuses
 
 
+OnLine = Callable[[str], None]
+"""Told each line a running cell prints on stdout, as it prints it (its progress)."""
+
+
 class Executor(Protocol):
-    """Runs one cell into `directory` and says how it ended; cancellation stops the cell."""
+    """Runs one cell into `directory` and says how it ended; cancellation stops the cell.
+    `on_line` hears the cell's output as it comes, where the executor can stream it."""
 
     name: str
 
-    async def run(self, cell: Cell, directory: Path) -> CellOutcome: ...
+    async def run(self, cell: Cell, directory: Path, on_line: OnLine | None = None
+                  ) -> CellOutcome: ...  # fmt: skip
 
     def close(self) -> None: ...
 
@@ -127,8 +134,10 @@ class LocalExecutor:
         self.grace = grace
         self.node = socket.gethostname()
 
-    async def run(self, cell: Cell, directory: Path) -> CellOutcome:
-        """Run `cell` into DIRECTORY (cell.log and its --out); cancelled: stop its process group.
+    async def run(self, cell: Cell, directory: Path, on_line: OnLine | None = None
+                  ) -> CellOutcome:  # fmt: skip
+        """Run `cell` into DIRECTORY (cell.log and its --out); cancelled: stop its process group;
+        each stdout line also goes to `on_line` as it comes.
 
         The subprocess writes into DIR/.running/<safe name>, moved to DIRECTORY when it ends:
         a cell id's `=` and `,` must not reach virtme-ng's and qemu's path options."""
@@ -136,12 +145,12 @@ class LocalExecutor:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
-            return await self._run(cell, work)
+            return await self._run(cell, work, on_line)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
             work.rename(directory)
 
-    async def _run(self, cell: Cell, work: Path) -> CellOutcome:
+    async def _run(self, cell: Cell, work: Path, on_line: OnLine | None) -> CellOutcome:
         started = time.monotonic()
         argv = resolve_argv(cell.argv, work)
         async with aiofiles.open(work / CELL_LOG, "w") as log:
@@ -156,7 +165,8 @@ class LocalExecutor:
                                    time.monotonic() - started, self.node, False)  # fmt: skip
             last: list[str] = []
             pumps = asyncio.gather(
-                _pump(proc.stdout, log, None), _pump(proc.stderr, log, last), proc.wait()
+                _pump(proc.stdout, log, None, on_line), _pump(proc.stderr, log, last, None),
+                proc.wait(),
             )
             try:
                 await asyncio.wait_for(pumps, cell.timeout)
@@ -186,17 +196,21 @@ class LocalExecutor:
 
 
 async def _pump(
-    stream: asyncio.StreamReader | None, log: Any, last: list[str] | None
+    stream: asyncio.StreamReader | None, log: Any, last: list[str] | None, on_line: OnLine | None
 ) -> None:
-    """Copy `stream` line by line into the cell log; remember its last non-empty line."""
+    """Copy `stream` line by line into the cell log (flushed per line, so `tail -f` follows a
+    running cell); remember its last non-empty line; hand each line to `on_line`."""
     if stream is None:
         return
     while line := await stream.readline():
         text = line.decode(errors="replace")
         await log.write(text if text.endswith("\n") else text + "\n")
-        if last is not None and text.strip():
-            last[:] = [text.strip()]
-    await log.flush()
+        await log.flush()
+        if text.strip():
+            if last is not None:
+                last[:] = [text.strip()]
+            if on_line is not None:
+                on_line(text.strip())
 
 
 # ---------------------------------------------------------------------------------------- Ray
@@ -293,8 +307,10 @@ class RayExecutor:
                          object_store_memory=128 << 20)  # fmt: skip
         self._remote = ray.remote(run_cell_here)
 
-    async def run(self, cell: Cell, directory: Path) -> CellOutcome:
-        """Submit `cell` as a task, await it, unpack its directory; cancelled: cancel the task."""
+    async def run(self, cell: Cell, directory: Path, on_line: OnLine | None = None
+                  ) -> CellOutcome:  # fmt: skip
+        """Submit `cell` as a task, await it, unpack its directory; cancelled: cancel the task.
+        The cell's output reaches cell.log when the task returns (no streaming from a node)."""
         started = time.monotonic()
         options: dict[str, Any] = {"num_cpus": cell.cpus, "max_retries": self.MAX_RETRIES,
                                    "name": cell.id}  # fmt: skip

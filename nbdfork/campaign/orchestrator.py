@@ -57,6 +57,8 @@ class Display(Protocol):
 
     def finished(self, cell: Cell, event: str, outcome: CellOutcome | None) -> None: ...
 
+    def progress(self, cell: Cell, line: str) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -133,7 +135,7 @@ async def _run_one(
     journal.append(cell.id, "start", **common, seed=cell.seed)
     display.started(cell)
     try:
-        outcome = await executor.run(cell, directory)
+        outcome = await executor.run(cell, directory, lambda line: display.progress(cell, line))
     except asyncio.CancelledError:
         journal.append(cell.id, "interrupted", **common)
         display.finished(cell, "interrupted", None)

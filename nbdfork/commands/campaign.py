@@ -90,24 +90,32 @@ def _report(args: argparse.Namespace) -> int:
 
 
 class _Display:
-    """One rich progress bar for the campaign and one line per finished cell."""
+    """One rich progress bar for the campaign (with what each running cell last printed: its
+    guest's progress) and one line per finished cell."""
 
     def __init__(self, progress: Progress, total: int) -> None:
         self._progress = progress
         self._task = progress.add_task("campaign", total=total)
-        self._running: list[str] = []
+        self._running: dict[str, str] = {}  # cell id -> its latest output line
         self.failed = 0
 
     def _describe(self) -> None:
-        running = ", ".join(self._running[:2]) + (" ..." if len(self._running) > 2 else "")
-        self._progress.update(self._task, description=f"running {running or '-'}")
+        shown = [f"{cell} ({line})" if line else cell
+                 for cell, line in list(self._running.items())[:2]]  # fmt: skip
+        more = " ..." if len(self._running) > 2 else ""
+        self._progress.update(self._task, description=f"running {', '.join(shown) or '-'}{more}")
 
     def started(self, cell: Cell) -> None:
-        self._running.append(cell.id)
+        self._running[cell.id] = ""
         self._describe()
 
+    def progress(self, cell: Cell, line: str) -> None:
+        if cell.id in self._running:
+            self._running[cell.id] = line[:60]
+            self._describe()
+
     def finished(self, cell: Cell, event: str, outcome: CellOutcome | None) -> None:
-        self._running.remove(cell.id)
+        self._running.pop(cell.id, None)
         self._describe()
         if event == "interrupted" or outcome is None:
             self._progress.console.print(f"  interrupted {cell.id}", highlight=False)

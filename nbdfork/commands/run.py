@@ -6,12 +6,12 @@ Argument parsing and display only; the work is nbdfork.vm.session.RunSession.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -202,6 +202,7 @@ class _Progress:
 
     def __init__(self, console: Console, total: int) -> None:
         self.console = console
+        self.plain = not console.is_terminal
         self.total = total
         self.done = 0
         self.started = time.monotonic()
@@ -240,6 +241,9 @@ class _Progress:
             self.console.print(f"  guest: {event.get('error')}", style="red", highlight=False)
         elif name == "done":
             self.status = "shutting down"
+        if self.plain and name in ("hello", "run-start", "workload-start", "done"):
+            # no live line without a terminal (a log, a campaign cell): one line per step
+            self.console.print(f"  [{self.done}/{self.total}] {self.status}", highlight=False)
 
 
 def _exit_status(report: MatrixReport, fail_on_violation: bool) -> int:
@@ -291,7 +295,7 @@ def _handle(args: argparse.Namespace) -> int:
         report = session.execute()
     problem = session.render_problem
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
     else:
         out = Console()
         if not out.is_terminal:
