@@ -259,9 +259,11 @@ def test_missing_schema_is_rejected(out: Path) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("stable_writes", 2, r"runs\[0\]\.stable_writes: invalid enum value 2$"),
+        ("stable_writes", 2,
+         r"runs\[0\]\.stable_writes: invalid enum value 2 \(expected one of 0, 1\)$"),
         ("stable_writes", True, r"runs\[0\]\.stable_writes: expected `int`, got `bool`$"),
-        ("outcome", "ok", r"runs\[0\]\.outcome: invalid enum value 'ok'$"),
+        ("outcome", "ok", r"runs\[0\]\.outcome: invalid enum value 'ok' \(expected one of "
+                          r"'harness_error', 'passed', 'skipped', 'violations', 'vm_lost'\)$"),
         ("torn", True, r"runs\[0\]\.torn: expected `int`, got `bool`$"),
         ("torn", -1, r"runs\[0\]\.torn: expected `int` >= 0$"),
         ("seconds", "10", r"runs\[0\]\.seconds: expected `float`, got `str`$"),

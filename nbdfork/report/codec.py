@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import msgspec.inspect as mi
 
 from nbdfork.errors import ReportError
 
 __all__ = [
     "REPORT_FILE",
     "Record",
+    "allowed_values",
     "read_json",
     "report_file",
     "schema_of",
@@ -63,9 +65,46 @@ def _field_path(message: str) -> tuple[str, str]:
     return path or "top level", problem
 
 
-def validation_error(source: Path | str, exc: msgspec.ValidationError) -> ReportError:
-    """One line naming the file, the field and what is wrong with it."""
+_STEP = re.compile(r"\.?([^.\[\]]+)|\[(\d+)\]")
+
+
+def _inner(info: mi.Type, step: str) -> mi.Type | None:
+    """The type one path step (a field name or an index) below `info`."""
+    if isinstance(info, mi.UnionType):
+        found = (_inner(t, step) for t in info.types)
+        return next((t for t in found if t is not None), None)
+    if isinstance(info, mi.StructType):
+        return next((f.type for f in info.fields if f.encode_name == step), None)
+    if isinstance(info, mi.VarTupleType | mi.ListType | mi.TupleType) and step.isdigit():
+        types = getattr(info, "item_types", None)
+        return types[int(step)] if types else getattr(info, "item_type", None)
+    if isinstance(info, mi.DictType):
+        return info.value_type
+    return None
+
+
+def allowed_values(kind: type[Any], path: str) -> tuple[object, ...]:
+    """The values a Literal field at `path` (e.g. `runs[0].outcome`) of `kind` admits."""
+    info: mi.Type | None = mi.type_info(kind)
+    for match in _STEP.finditer(path):
+        if info is None:
+            return ()
+        info = _inner(info, match[1] or match[2])
+    if isinstance(info, mi.UnionType):
+        info = next((t for t in info.types if isinstance(t, mi.LiteralType)), None)
+    return tuple(info.values) if isinstance(info, mi.LiteralType) else ()
+
+
+def validation_error(
+    source: Path | str, exc: msgspec.ValidationError, kind: type[Any] | None = None
+) -> ReportError:
+    """One line naming the file, the field and what is wrong with it (for a field of fixed
+    values, which ones it takes)."""
     path, problem = _field_path(str(exc))
+    if kind is not None and problem.startswith("invalid enum value"):
+        values = allowed_values(kind, path)
+        if values:
+            problem += f" (expected one of {', '.join(map(repr, values))})"
     return ReportError(f"{source}: {path}: {problem}")
 
 
@@ -109,7 +148,7 @@ def read_json(path: Path, kind: type[T], schema: str) -> T:
     try:
         return msgspec.json.decode(_read_bytes(source), type=kind)
     except msgspec.ValidationError as exc:
-        raise validation_error(source, exc) from None
+        raise validation_error(source, exc, kind) from None
 
 
 def to_builtins(value: Any) -> Any:
