@@ -321,6 +321,8 @@ def _kind_section(kind: str, samples: Sequence[Sample]) -> list[Block]:
     return blocks
 
 
+_ALT = {TEAR_PLOT: "torn / stamped pages per setting, Wilson 95% intervals, seeds pooled",
+        MODEL_PLOT: "writer throughput and stall p99 of every seed, per setting"}
 _DISCIPLINES = (
     ("no stable pages", "0", "none"),
     ("stable pages (the writer waits)", "1", "stable"),
@@ -397,7 +399,7 @@ def campaign_blocks(report: CampaignReport, found: Collected, plots: Sequence[st
             blocks += _kind_section(kind, found.samples[kind])
     if found.samples.get("run") and found.samples.get("model"):
         blocks += _beside_section(found.samples["run"], found.samples["model"])
-    blocks += [Image(name, name) for name in plots]
+    blocks += [Image(name, _ALT.get(name, name)) for name in plots]
     if found.unreadable:
         blocks += [Heading("Cells whose report could not be read"),
                    Table(("cell", "problem"), tuple(found.unreadable.items()), ("l", "l"))]
