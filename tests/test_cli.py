@@ -81,3 +81,29 @@ def test_serve_runs_nbdkit_with_a_private_socket(tmp_path: Path) -> None:
     assert proc.wait(30) == 0
     assert json.loads((report / "summary.json").read_text())["writes"] == 1
     assert not os.path.exists(socket)
+
+
+def test_sigterm_stops_a_command_cleanly_with_its_nbdkit(tmp_path: Path) -> None:
+    """SIGTERM to a running `nbdfork model` is a clean stop: its nbdkit is stopped (context
+    managers run), one line on stderr, exit status 143 (not Python's abrupt default)."""
+    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
+    argv = [str(Path(sys.executable).parent / "nbdfork"), "model", "--policy", "stable",
+            "--latency", "1ms", "--seconds", "60", "--out", str(tmp_path / "m")]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+    nbdkit: list[int] = []
+    deadline = time.monotonic() + 60
+    while not nbdkit and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid), "-x", "nbdkit"],
+                                  capture_output=True, text=True, check=False).stdout  # fmt: skip
+        nbdkit = [int(p) for p in children.split()]
+    assert nbdkit, proc.stderr.read() if proc.stderr else ""
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "nbdfork model: terminated"
+    for pid in nbdkit:
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"

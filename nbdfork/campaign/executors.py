@@ -50,8 +50,9 @@ __all__ = [
 
 CELL_LOG = "cell.log"
 RUNNING = ".running"
-GRACE = 10.0
-"""Seconds between SIGTERM and SIGKILL of a cell's process group."""
+GRACE = 30.0
+"""Seconds between SIGTERM and SIGKILL of a cell's process group: a run cell stops its VM
+(SIGTERM, up to 10 s, then SIGKILL: its own process group) and nbdkit in that time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,34 +166,47 @@ class LocalExecutor:
                                    time.monotonic() - started, self.node, False)  # fmt: skip
             last: list[str] = []
             pumps = asyncio.gather(
-                _pump(proc.stdout, log, None, on_line), _pump(proc.stderr, log, last, None),
-                proc.wait(),
+                _pump(proc.stdout, log, None, on_line), _pump(proc.stderr, log, last, None)
             )
             try:
-                await asyncio.wait_for(pumps, cell.timeout)
+                await asyncio.wait_for(proc.wait(), cell.timeout)
             except TimeoutError:
-                await self._stop(proc)
+                await self._stop(proc, pumps)
                 return CellOutcome(None, f"timed out after {cell.timeout:g} s",
                                    time.monotonic() - started, self.node, False)  # fmt: skip
             except asyncio.CancelledError:
-                await self._stop(proc)
+                await self._stop(proc, pumps)  # what it says while stopping reaches cell.log
                 raise
+            await _drain(pumps)
         status = proc.returncode
         ok = status in cell.ok_statuses
         error = None if ok else (last[0] if last else f"exit status {status}")
         return CellOutcome(status, error, time.monotonic() - started, self.node, ok)
 
-    async def _stop(self, proc: asyncio.subprocess.Process) -> None:
-        """SIGTERM the cell's process group, SIGKILL it after the grace period."""
+    async def _stop(self, proc: asyncio.subprocess.Process, pumps: asyncio.Future[Any]) -> None:
+        """SIGTERM the cell's process group, SIGKILL it after the grace period; keep copying
+        its output into cell.log meanwhile."""
         _kill_group(proc.pid, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), self.grace)
         _kill_group(proc.pid, signal.SIGKILL)  # children that outlived their parent too
         with contextlib.suppress(ProcessLookupError):
             await proc.wait()
+        await _drain(pumps)
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+async def _drain(pumps: asyncio.Future[Any], timeout: float = 5.0) -> None:
+    """Let the output pumps reach the end of the cell's pipes; a grandchild that still holds
+    them open does not keep the campaign waiting."""
+    try:
+        await asyncio.wait_for(pumps, timeout)
+    except TimeoutError:
+        pumps.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pumps
 
 
 async def _pump(

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nbdfork.campaign.executors import (
+    GRACE,
     CellOutcome,
     Executor,
     LocalExecutor,
@@ -68,7 +69,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="Ray cluster address (default: a private local Ray runtime)")
     run.add_argument("--force", action="store_true",
                      help="run a changed spec in DIR (done cells whose argv is unchanged stay)")
-    run.add_argument("--grace", type=float, default=10.0, help=argparse.SUPPRESS)
+    run.add_argument("--grace", type=float, default=GRACE, help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
     example = actions.add_parser("example", help="print a runnable example spec (TOML)")
     example.add_argument("kind", choices=example_kinds())
