@@ -83,6 +83,7 @@ class CellRecord(Record, frozen=True, kw_only=True):
 class CampaignReport(Record, frozen=True, kw_only=True):
     """DIR/report.json."""
 
+    schema: str = SCHEMA
     name: str
     seed: int
     spec_hash: str
@@ -95,7 +96,6 @@ class CampaignReport(Record, frozen=True, kw_only=True):
     memory: int | None = None
     created: str = ""
     version: str = __version__
-    schema: str = SCHEMA
 
 
 def _cell_record(cell: Cell, state: JournalState | None) -> CellRecord:

@@ -189,6 +189,7 @@ class VMShape(Record, frozen=True, kw_only=True):
 class MatrixReport(Record, frozen=True, kw_only=True):
     """One command's matrix (one boot per kernel): where and how it ran, and every result."""
 
+    schema: str = SCHEMA  # first in the file, so a reader sees at once what it holds
     kernel: str
     accel: str
     seed: int
@@ -197,7 +198,6 @@ class MatrixReport(Record, frozen=True, kw_only=True):
     harness: HarnessTimings
     versions: dict[str, str | None]
     runs: tuple[RunResult, ...] = ()
-    schema: str = SCHEMA
     device_location: str = "guest"  # reports before the host device ran it in the guest
     transport: str = ""
     sysctls: dict[str, str] = msgspec.field(default_factory=dict)
