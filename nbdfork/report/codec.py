@@ -25,7 +25,6 @@ __all__ = [
     "read_json",
     "report_file",
     "schema_of",
-    "to_builtins",
     "validation_error",
     "write_json",
 ]
@@ -149,11 +148,6 @@ def read_json(path: Path, kind: type[T], schema: str) -> T:
         return msgspec.json.decode(_read_bytes(source), type=kind)
     except msgspec.ValidationError as exc:
         raise validation_error(source, exc, kind) from None
-
-
-def to_builtins(value: Any) -> Any:
-    """`value` as plain JSON values (dicts, lists, numbers, strings)."""
-    return msgspec.to_builtins(value)
 
 
 def write_json(value: Any, path: Path) -> Path:
