@@ -126,10 +126,8 @@ def _not_json(source: Path, data: bytes, exc: msgspec.DecodeError) -> ReportErro
     return ReportError(f"{source}: not JSON: {where}{exc}")
 
 
-def schema_of(path: Path) -> str:
-    """The `schema` a report file declares (so a reader can pick its type)."""
-    source = report_file(path)
-    data = _read_bytes(source)
+def _declared(source: Path, data: bytes) -> str:
+    """The `schema` that the report bytes `data` (read from `source`) declare."""
     try:
         return msgspec.json.decode(data, type=_Schema).schema
     except msgspec.ValidationError as exc:
@@ -138,14 +136,21 @@ def schema_of(path: Path) -> str:
         raise _not_json(source, data, exc) from None
 
 
+def schema_of(path: Path) -> str:
+    """The `schema` a report file declares (so a reader can pick its type)."""
+    source = report_file(path)
+    return _declared(source, _read_bytes(source))
+
+
 def read_json(path: Path, kind: type[T], schema: str) -> T:
     """Read `path` (or its report.json) as `kind`, whose `schema` must be `schema`."""
     source = report_file(path)
-    found = schema_of(source)
+    data = _read_bytes(source)
+    found = _declared(source, data)
     if found != schema:
         raise ReportError(f"{source}: schema: unknown schema {found!r}; this reads {schema!r}")
     try:
-        return msgspec.json.decode(_read_bytes(source), type=kind)
+        return msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as exc:
         raise validation_error(source, exc, kind) from None
 
