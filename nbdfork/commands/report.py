@@ -7,6 +7,7 @@ import argparse
 import importlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import msgspec
 from nbdfork.errors import ReportError
 from nbdfork.report.codec import report_file, schema_of
 
-__all__ = ["KINDS", "RENDERERS", "handler", "json_schema", "register", "render_any"]
+__all__ = ["KINDS", "Kind", "handler", "json_schema", "register", "render_any"]
 
 _DESCRIPTION = """\
 Re-render DIR/report.md, DIR/report.html and the PNG plots from DIR/report.json (and the
@@ -47,42 +48,42 @@ def _campaign(out: Path) -> list[Path]:
     return render(out, load_report(out))
 
 
-RENDERERS: dict[str, Callable[[Path], list[Path]]] = {  # keyed by the schema in report.json
-    "nbdfork.run/1": _run,
-    "nbdfork.crash/1": _crash,
-    "nbdfork.model-report/1": _model,
-    "nbdfork.campaign/1": _campaign,
-}
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One kind of report: the schema its report.json declares, the structure that defines
+    it ("module:Type", imported only when asked for) and what renders it."""
+
+    schema: str
+    structure: str
+    render: Callable[[Path], list[Path]]
 
 
-KINDS: dict[str, tuple[str, str]] = {
-    # kind: (schema, "module:Type" of its report.json)
-    "run": ("nbdfork.run/1", "nbdfork.report.schema:MatrixReport"),
-    "crash": ("nbdfork.crash/1", "nbdfork.campaign.schema:CrashReport"),
-    "model": ("nbdfork.model-report/1", "nbdfork.pageforking.schema:ModelReport"),
-    "campaign": ("nbdfork.campaign/1", "nbdfork.campaign.merge:CampaignReport"),
+KINDS: dict[str, Kind] = {
+    "run": Kind("nbdfork.run/1", "nbdfork.report.schema:MatrixReport", _run),
+    "crash": Kind("nbdfork.crash/1", "nbdfork.campaign.schema:CrashReport", _crash),
+    "model": Kind("nbdfork.model-report/1", "nbdfork.pageforking.schema:ModelReport", _model),
+    "campaign": Kind("nbdfork.campaign/1", "nbdfork.campaign.merge:CampaignReport", _campaign),
 }
 
 
 def json_schema(kind: str) -> dict[str, Any]:
     """The JSON Schema of one kind of report.json, generated from its structures."""
-    schema, where = KINDS[kind]
-    module, name = where.split(":")
+    module, name = KINDS[kind].structure.split(":")
     document: dict[str, Any] = msgspec.json.schema(getattr(importlib.import_module(module), name))
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": f"nbdfork {kind} report ({schema})", **document}  # fmt: skip
+            "title": f"nbdfork {kind} report ({KINDS[kind].schema})", **document}  # fmt: skip
 
 
 def render_any(out: Path) -> list[Path]:
     """Render the report in `out` by the schema its report.json declares."""
     source = report_file(out)
     schema = schema_of(source)
-    renderer = RENDERERS.get(schema)
-    if renderer is None:
-        known = ", ".join(repr(s) for s in RENDERERS)
+    kind = next((k for k in KINDS.values() if k.schema == schema), None)
+    if kind is None:
+        known = ", ".join(repr(k.schema) for k in KINDS.values())
         raise ReportError(f"{source}: schema: unknown schema {schema!r}; this nbdfork renders "
                           f"{known}")  # fmt: skip
-    return renderer(source.parent)
+    return kind.render(source.parent)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
