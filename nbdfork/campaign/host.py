@@ -25,11 +25,12 @@ from nbdfork.campaign.schema import (
     CrashWorkload,
     StateRow,
     StatesSummary,
+    load_states,
     summarize_states,
     write_crash_report,
 )
 from nbdfork.campaign.states import POINT_KINDS
-from nbdfork.errors import ConfigError, VMError, VMLost
+from nbdfork.errors import ConfigError, ReportError, VMError, VMLost
 from nbdfork.vm.kernel import Kernel, detect_accel, find_kernel, validate_kernel
 from nbdfork.vm.plan import FIRST_PORT, GUEST_FORWARD_ADDR
 from nbdfork.vm.run import VMConfig, find_vng, forward_opts, run_vm, vm_timeouts, vng_argv
@@ -148,12 +149,10 @@ def _host_device(plan: CrashPlan, location: str) -> Iterator[tuple[CrashPlan, tu
 
 
 def _load_rows(path: Path) -> tuple[StateRow, ...] | None:
-    if not path.exists():
-        return None
     try:
-        return msgspec.json.decode(path.read_bytes(), type=tuple[StateRow, ...])
-    except msgspec.MsgspecError as exc:
-        raise VMError(f"{path}: the guest's states are not readable: {exc}") from None
+        return load_states(path)
+    except ReportError as exc:
+        raise VMError(str(exc)) from None
 
 
 def _report(

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import msgspec
 
-from nbdfork.campaign.schema import CrashReport, StateRow, StatesSummary, load_crash_report
+from nbdfork.campaign.schema import (
+    CrashReport,
+    StateRow,
+    StatesSummary,
+    load_crash_report,
+    load_states,
+)
+from nbdfork.errors import ReportError
 from nbdfork.report.document import (
     Block,
     Heading,
@@ -99,10 +106,9 @@ def _json(value: object) -> str:
 
 def _control_rows(out: Path) -> tuple[StateRow, ...]:
     """The control's states (kept beside the report, not in it); none when unreadable."""
-    path = out / "control" / "states.json"
     try:
-        return msgspec.json.decode(path.read_bytes(), type=tuple[StateRow, ...])
-    except (OSError, msgspec.MsgspecError):
+        return load_states(out / "control" / "states.json") or ()
+    except ReportError:
         return ()
 
 

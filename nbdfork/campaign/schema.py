@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from nbdfork.errors import ReportError
 from nbdfork.report.codec import Record, read_json, write_json
 from nbdfork.report.schema import Count
 
@@ -28,6 +29,7 @@ __all__ = [
     "StateRow",
     "StatesSummary",
     "load_crash_report",
+    "load_states",
     "summarize_states",
     "write_crash_report",
 ]
@@ -117,6 +119,17 @@ def summarize_states(rows: Iterable[StateRow]) -> StatesSummary:
         mount_failures=sum(r.fs.get("mount_ok") is False for r in rows),
         torn_unexplained=outcomes["torn"],
     )
+
+
+def load_states(path: Path) -> tuple[StateRow, ...] | None:
+    """The crash states the guest wrote to `path` (a states.json); None when it wrote none,
+    a ReportError naming the file when they cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=tuple[StateRow, ...])
+    except (OSError, msgspec.MsgspecError) as exc:
+        raise ReportError(f"{path}: the guest's states are not readable: {exc}") from None
 
 
 def load_crash_report(path: Path) -> CrashReport:
