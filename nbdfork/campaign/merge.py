@@ -151,6 +151,27 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 @dataclass(frozen=True, slots=True)
+class Tears:
+    """Torn of stamped pages pooled over samples, as a rate with its Wilson 95% interval."""
+
+    torn: int
+    stamped: int
+
+    @classmethod
+    def pooled(cls, samples: Sequence[Sample]) -> Tears:
+        return cls(sum(int(s.metrics["torn"]) for s in samples),
+                   sum(int(s.metrics["stamped"]) for s in samples))  # fmt: skip
+
+    @property
+    def rate(self) -> float:
+        return self.torn / self.stamped if self.stamped else 0.0
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson(self.torn, self.stamped)
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One measured configuration of one cell (a cell may hold several)."""
 
@@ -284,10 +305,10 @@ def _run_table(samples: Sequence[Sample], keys: Sequence[str]) -> Table:
     rows = []
     for key, group in _group(samples, keys).items():
         m = [s.metrics for s in group]
-        torn, stamped = sum(int(x["torn"]) for x in m), sum(int(x["stamped"]) for x in m)
-        lo, hi = wilson(torn, stamped)
-        rate = 100 * torn / stamped if stamped else 0.0
-        rows.append((*key, str(len(group)), f"{torn}/{stamped}", f"{rate:.3g}",
+        tears = Tears.pooled(group)
+        lo, hi = tears.interval
+        rows.append((*key, str(len(group)), f"{tears.torn}/{tears.stamped}",
+                     f"{100 * tears.rate:.3g}",
                      f"{100 * lo:.3g}-{100 * hi:.3g}", _total(m, "stale"),
                      _total(m, "overlapping"),
                      _spread([x["stall_p99_ms"] for x in m])))  # fmt: skip
@@ -335,10 +356,11 @@ def _kernel_cells(samples: Sequence[Sample]) -> tuple[str, str, str, str]:
     if not samples:
         return "-", "-", "-", "-"
     m = [s.metrics for s in samples]
-    torn, stamped = sum(int(x["torn"]) for x in m), sum(int(x["stamped"]) for x in m)
-    lo, hi = wilson(torn, stamped)
-    rate = f"{100 * torn / stamped:.3g} ({100 * lo:.3g}-{100 * hi:.3g})" if stamped else "-"
-    return str(len(samples)), f"{torn}/{stamped}", rate, _spread([x["stall_p99_ms"] for x in m])
+    tears = Tears.pooled(samples)
+    lo, hi = tears.interval
+    rate = f"{100 * tears.rate:.3g} ({100 * lo:.3g}-{100 * hi:.3g})" if tears.stamped else "-"
+    return (str(len(samples)), f"{tears.torn}/{tears.stamped}", rate,
+            _spread([x["stall_p99_ms"] for x in m]))  # fmt: skip
 
 
 def _model_cells(samples: Sequence[Sample]) -> tuple[str, str, str]:
@@ -445,10 +467,8 @@ def _tear_plot(samples: Sequence[Sample], path: Path) -> Path:
     groups = _group(samples, keys)
     fig, ax = plt.subplots(figsize=(8, 0.5 + 0.4 * len(groups)))
     for y, group in enumerate(groups.values()):
-        torn = sum(int(s.metrics["torn"]) for s in group)
-        stamped = sum(int(s.metrics["stamped"]) for s in group)
-        lo, hi = wilson(torn, stamped)
-        rate = torn / stamped if stamped else 0.0
+        tears = Tears.pooled(group)
+        (lo, hi), rate = tears.interval, tears.rate
         ax.errorbar([100 * rate], [y], xerr=[[100 * (rate - lo)], [100 * (hi - rate)]],
                     fmt="o", capsize=3)  # fmt: skip
     ax.set_yticks(range(len(groups)), [_label(k, keys) for k in groups])
