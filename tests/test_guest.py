@@ -33,7 +33,7 @@ from nbdfork.vm.kernel import (
     validate_kernel,
 )
 from nbdfork.vm.plan import Plan, RunSpec, build_runs, derive_seed, run_id
-from nbdfork.vm.results import build_report, outcome_of, run_record
+from nbdfork.vm.results import build_report, outcome_of, run_record, run_records
 from nbdfork.vm.run import (
     BOOT_TRIM_MODULES,
     Outcome,
@@ -485,15 +485,16 @@ def test_report_json_has_the_agreed_shape(tmp_path: Path) -> None:
     plan = make_plan(tmp_path)
     out = Path(plan.out)
     write_run_files(out, plan.runs[0], torn=4)
+    runs = run_records(plan, kernel="6.1.0-57-amd64", missing=(Outcome.VM_LOST, "the VM exited"))
     report = build_report(
         plan,
+        runs,
         kernel="6.1.0-57-amd64",
         accel="tcg",
         started=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
         duration_s=100.0,
         harness=HarnessTimings(boot_s=30.0, per_config_overhead_s=(2.0,)),
         versions={"nbdfork": "0.1.0", "nbdkit": "1.32.5", "python": "3.11"},
-        missing=(Outcome.VM_LOST, "the VM exited"),
     )
     first, second = report.runs
     assert report.schema == "nbdfork.run/1" and report.seed == 11
@@ -756,6 +757,7 @@ def test_overhead_per_configuration_does_not_count_a_skipped_workload(tmp_path: 
     vm = VMRun(marks={"hello": 10.0, "ready": 20.0},
                run_marks={ran.id: {"start": 20.0, "end": 27.0},
                           skipped.id: {"start": 27.0, "end": 28.5}})  # fmt: skip
-    harness = RunSession._harness(SimpleNamespace(vm=vm, host=None), plan)  # type: ignore[arg-type]
+    runs = run_records(plan, kernel="k")
+    harness = RunSession._harness(SimpleNamespace(vm=vm, host=None), plan, runs)  # type: ignore[arg-type]
     assert harness.per_config_overhead_s == (2.0, 1.48)
     assert (harness.boot_s, harness.vm_boot_s, harness.device_start_s) == (20.0, 10.0, 10.0)

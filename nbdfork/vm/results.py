@@ -35,7 +35,7 @@ from nbdfork.report.schema import Outcome as ReportOutcome
 from nbdfork.vm.plan import Plan, RunSpec
 from nbdfork.vm.run import Outcome
 
-__all__ = ["build_report", "outcome_of", "run_record", "tool_versions"]
+__all__ = ["build_report", "outcome_of", "run_record", "run_records", "tool_versions"]
 
 T = TypeVar("T")
 _VERDICT_KEYS = {"torn": "torn_write", "stale": "stale_write", "overlapping": "overlapping_write"}
@@ -161,8 +161,18 @@ def tool_versions() -> dict[str, str | None]:
     }
 
 
+def run_records(
+    plan: Plan, *, kernel: str, missing: tuple[Outcome, str] | None = None
+) -> tuple[RunResult, ...]:
+    """Every run of `plan`, from the files the guest and the device left in its OUT."""
+    device = {k: v for k, v in plan.device.items() if k != "report"}
+    return tuple(run_record(s, Path(plan.out), kernel=kernel, device=device, missing=missing)
+                 for s in plan.runs)  # fmt: skip
+
+
 def build_report(
     plan: Plan,
+    runs: tuple[RunResult, ...],
     *,
     kernel: str,
     accel: str,
@@ -170,13 +180,10 @@ def build_report(
     duration_s: float,
     harness: HarnessTimings,
     versions: Mapping[str, str | None],
-    missing: tuple[Outcome, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> MatrixReport:
-    """report.json's content; `extra` holds the session's further MatrixReport fields."""
-    out = Path(plan.out)
-    device = {k: v for k, v in plan.device.items() if k != "report"}
-    runs = [run_record(s, out, kernel=kernel, device=device, missing=missing) for s in plan.runs]
+    """report.json's content: `runs` (from run_records) and how they ran; `extra` holds the
+    session's further MatrixReport fields."""
     return MatrixReport(
         kernel=kernel,
         accel=accel,
@@ -185,6 +192,6 @@ def build_report(
         duration_s=round(duration_s, 3),
         harness=harness,
         versions=dict(versions),
-        runs=tuple(runs),
+        runs=runs,
         **(extra or {}),
     )

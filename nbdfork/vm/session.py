@@ -12,13 +12,12 @@ import compileall
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,14 @@ import msgspec
 
 from nbdfork.config import parse_params
 from nbdfork.errors import ConfigError, NbdforkError
-from nbdfork.report.schema import HarnessTimings, KernelInfo, MatrixReport, VMShape, write_report
+from nbdfork.report.schema import (
+    HarnessTimings,
+    KernelInfo,
+    MatrixReport,
+    RunResult,
+    VMShape,
+    write_report,
+)
 from nbdfork.vm.hostdevice import HostDevice
 from nbdfork.vm.hostdevice import read_sysctls as _read_sysctls
 from nbdfork.vm.kernel import (
@@ -47,7 +53,7 @@ from nbdfork.vm.plan import (
     derive_seed,
     new_seed,
 )
-from nbdfork.vm.results import build_report, tool_versions
+from nbdfork.vm.results import build_report, run_records, tool_versions
 from nbdfork.vm.run import (
     Outcome,
     VMConfig,
@@ -313,15 +319,16 @@ class RunSession:
             )
         if host is not None:
             host.collect_runs()
+        runs = run_records(plan, kernel=self._kernel_release(), missing=self._missing())
         report = build_report(
             plan,
+            runs,
             kernel=self._kernel_release(),
             accel=str(self.accel),
             started=started_at,
             duration_s=time.monotonic() - started,
-            harness=self._harness(plan),
+            harness=self._harness(plan, runs),
             versions={**tool_versions(), "kernel": self._kernel_release()},
-            missing=self._missing(),
             extra=self._extra(),
         )
         write_report(report, out)
@@ -360,16 +367,17 @@ class RunSession:
                 return Outcome.HARNESS_ERROR, str(event.get("error"))
         return None
 
-    def _harness(self, plan: Plan) -> HarnessTimings:
+    def _harness(self, plan: Plan, runs: Sequence[RunResult]) -> HarnessTimings:
         """boot_s: start until the guest can run its first configuration (VM boot, modules,
         nbdkit and the plugin loaded); per configuration: its wall time beyond the workload."""
         assert self.vm is not None
         marks, overhead = self.vm.marks, []
+        workload_s = {run.id: run.durations.workload_s for run in runs}
         for spec in plan.runs:
             m = self.vm.run_marks.get(spec.id, {})
             if "start" in m and "end" in m:
                 # a skipped workload (no atomic unit, say) spent seconds of nothing
-                spent = min(spec.seconds, _workload_s(Path(plan.out) / "runs" / spec.id))
+                spent = min(spec.seconds, workload_s.get(spec.id, 0.0))
                 overhead.append(round(m["end"] - m["start"] - spent, 3))
         ready = marks.get("ready", marks.get("exit", 0.0))
         host_start = self.host.start_s if self.host is not None else 0.0
@@ -399,15 +407,6 @@ class RunSession:
             "sysctls": self.plan.sysctls if self.plan else {},
             "plan": "plan.json",
         }
-
-
-def _workload_s(run_dir: Path) -> float:
-    """Seconds the run's workload took, as the guest measured them (0 when unknown)."""
-    try:
-        result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
-        return float(result["durations"]["workload_s"] or 0.0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0.0
 
 
 def kernel_list(spec: str | None) -> list[str | None]:
