@@ -100,12 +100,11 @@ def test_sigkill_summary_is_at_most_a_second_behind(
     assert (summary["writes"], summary["stamped_pages"]) == (2, 2)
 
 
-def test_sigterm_refuses_an_idle_client_then_exits(
+def _terminated_after_one_write(
     server: Callable[..., Server], tmp_path: Path
-) -> None:
-    """nbdkit 1.32 after SIGTERM: an idle client's next request is refused (ESHUTDOWN, or the
-    connection is already gone on a loaded machine), and once it leaves nbdkit exits 0 with
-    the final report. (An idle client usually keeps nbdkit up: not asserted, it is timing.)"""
+) -> tuple[Server, Any, Path]:
+    """nbdkit with a report directory, a client that wrote one stamped page, then SIGTERM to
+    nbdkit and half a second for it to be handled (a write racing it could still be served)."""
     report = tmp_path / "report"
     srv = server("size=16M", f"report={report}")
     h = nbd.NBD()
@@ -113,6 +112,16 @@ def test_sigterm_refuses_an_idle_client_then_exits(
     h.pwrite(encode_page(3, 0, 1), 0)
     srv.proc.terminate()
     time.sleep(0.5)
+    return srv, h, report
+
+
+def test_sigterm_refuses_an_idle_client_then_exits(
+    server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """nbdkit 1.32 after SIGTERM: an idle client's next request is refused (ESHUTDOWN, or the
+    connection is already gone on a loaded machine), and once it leaves nbdkit exits 0 with
+    the final report. (An idle client usually keeps nbdkit up: not asserted, it is timing.)"""
+    srv, h, report = _terminated_after_one_write(server, tmp_path)
     with pytest.raises(nbd.Error) as refused:
         h.pread(512, 0)
     assert refused.value.errno in ("ESHUTDOWN", "ENOTCONN")
@@ -128,13 +137,7 @@ def test_sigterm_drops_a_client_that_keeps_writing(
     """nbdkit 1.32 after SIGTERM: a client that keeps writing gets ESHUTDOWN, then loses the
     connection (ENOTCONN or ECONNRESET) and nbdkit exits 0 within a few seconds; no refused
     write is counted."""
-    report = tmp_path / "report"
-    srv = server("size=16M", f"report={report}")
-    h = nbd.NBD()
-    h.connect_unix(str(srv.socket))
-    h.pwrite(encode_page(3, 0, 1), 0)
-    srv.proc.terminate()
-    time.sleep(0.5)  # the signal is handled: a write racing it could still be served
+    srv, h, report = _terminated_after_one_write(server, tmp_path)
     seen: list[str] = []
     deadline = time.monotonic() + 5
     while srv.proc.poll() is None and time.monotonic() < deadline:
