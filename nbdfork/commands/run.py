@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from nbdfork.errors import ConfigError, VMError, VMLost
+from nbdfork.report.codec import encode
 from nbdfork.report.schema import MatrixReport
 from nbdfork.vm.plan import FILESYSTEMS, parse_list
 from nbdfork.vm.session import (
@@ -295,7 +295,7 @@ def _handle(args: argparse.Namespace) -> int:
         report = session.execute()
     problem = session.render_problem
     if args.json:
-        print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
+        sys.stdout.write(encode(report).decode())
     else:
         out = Console()
         if not out.is_terminal:

@@ -22,6 +22,7 @@ __all__ = [
     "REPORT_FILE",
     "Record",
     "allowed_values",
+    "encode",
     "read_json",
     "report_file",
     "schema_of",
@@ -155,10 +156,15 @@ def read_json(path: Path, kind: type[T], schema: str) -> T:
         raise validation_error(source, exc, kind) from None
 
 
+def encode(value: Any) -> bytes:
+    """`value` as report.json holds it: indented JSON with a final newline."""
+    return msgspec.json.format(msgspec.json.encode(value), indent=2) + b"\n"
+
+
 def write_json(value: Any, path: Path) -> Path:
     """Encode `value` into `path` (its report.json when a directory), atomically; the file."""
     target = report_file(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(value), indent=2) + b"\n")
+    tmp.write_bytes(encode(value))
     os.replace(tmp, target)
     return target
