@@ -21,11 +21,12 @@ from nbdfork.config import parse_params, parse_size
 from nbdfork.device.clock import FakeClock
 from nbdfork.device.crash import choose_state, state_bytes
 from nbdfork.device.device import Device
-from nbdfork.device.service import NullSink
 from nbdfork.oracle.crashcheck import CrashChecker
+from nbdfork.oracle.events import NullSink
 from nbdfork.oracle.image import scan_image
 from nbdfork.oracle.ledger import validate_ledger
 from nbdfork.oracle.stamp import PAGE_SIZE, encode_pages
+from nbdfork.oracle.verify import judge
 
 GOAL = 100.0
 
@@ -33,7 +34,7 @@ GOAL = 100.0
 def _prepare(size: int) -> tuple[Device, dict[tuple[int, int], int]]:
     config = parse_params([("size", str(size)), ("seed", "1"), ("cache", "volatile"),
                            ("cache-size", "1G"), ("oracle", "off")])  # fmt: skip
-    device = Device(config, NullSink(), FakeClock())
+    device = Device(config, judge(NullSink()), FakeClock())
     pages = size // PAGE_SIZE // 8  # stamp an eighth of the device, 32 pages per write
     for first in range(0, pages, 32):
         device.pwrite(1, encode_pages(1, first, [1] * 32), first * PAGE_SIZE * 8, fua=False)

@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a fresh clone: import nbdfork from here
     sys.path.insert(0, str(ROOT))
 
-from nbdfork.vm.kernel import detect_accel, find_kernel  # noqa: E402
-from nbdfork.vm.run import VMConfig, find_vng, vng_argv  # noqa: E402
-from nbdfork.vm.session import RunOptions, RunSession  # noqa: E402
+from nbdfork.experiments.matrix.session import RunOptions, RunSession  # noqa: E402
+from nbdfork.harness.boot import VMConfig, find_vng, vng_argv  # noqa: E402
+from nbdfork.harness.kernel import detect_accel, find_kernel  # noqa: E402
 
 SCHEMA = "nbdfork.bench.harness/1"
 GOAL_BOOT_S = 25.0

@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:  # run as a script from a fresh clone: import nbdf
 
 import nbd  # noqa: E402  libnbd's Python binding (python3-libnbd, seen through the venv)
 
-from nbdfork import nbdkit as launch  # noqa: E402
+from nbdfork.harness import nbdkit as launch  # noqa: E402
 from nbdfork.oracle.stamp import PAGE_SIZE, encode_pages  # noqa: E402
 
 SCHEMA = "nbdfork.bench.throughput/1"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from nbdfork import __version__
-from nbdfork.commands import COMMANDS
+from nbdfork.commands import register_all
 from nbdfork.errors import NbdforkError
 
 __all__ = ["build_parser", "main"]
@@ -36,8 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nbdfork {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in COMMANDS:
-        register(sub)
+    register_all(sub)
     return parser
 
 

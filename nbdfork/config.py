@@ -12,13 +12,13 @@ import errno
 import math
 import os
 import re
-import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from nbdfork.errors import ConfigError
+from nbdfork.seeds import new_seed
 
 __all__ = [
     "OPS",
@@ -321,7 +321,7 @@ def _build(raw: Mapping[str, str]) -> DeviceConfig:
         size=parse_size("size", raw["size"]),
         file=_absolute("file", raw["file"]) if "file" in raw else None,
         report=_absolute("report", raw["report"]) if "report" in raw else None,
-        seed=_parse_seed("seed", seed_text) if seed_text is not None else secrets.randbits(63),
+        seed=_parse_seed("seed", seed_text) if seed_text is not None else new_seed(),
         seed_given=seed_text is not None,
         oracle=_parse_bool("oracle", raw.get("oracle", "on")),
         latency=_latencies(raw),

@@ -11,16 +11,20 @@ the same checks without creating anything (`nbdfork serve --dry-run`, `config_co
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import fcntl
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from nbdfork.config import DeviceConfig
+import msgspec
+
 from nbdfork.errors import ConfigError
 
 __all__ = [
@@ -30,7 +34,11 @@ __all__ = [
     "ReportDir",
     "check_report_dir",
     "create_replacing",
-    "validate_paths",
+    "encode_json",
+    "write_atomic",
+    "write_json",
+    "check_media_file",
+    "check_new_file",
 ]
 
 REPORT_FILES = ("events.jsonl", "summary.json")
@@ -235,7 +243,7 @@ def _private_temp(dir_fd: int, name: str, mode: int) -> tuple[str, int]:
             continue
 
 
-def _check_new_file(key: str, path: Path, may_replace: Callable[[Path], bool]) -> None:
+def check_new_file(key: str, path: Path, may_replace: Callable[[Path], bool]) -> None:
     """`path` can be created (or replaced, if `may_replace` accepts the file there)."""
     parent = path.parent
     if not parent.is_dir():
@@ -259,7 +267,7 @@ def create_replacing(
     """A new file at `path`, open for writing: created under a private name in its directory,
     then renamed over whatever `path` named (a file `may_replace` accepted; never a link's
     target, which rename() leaves alone)."""
-    _check_new_file(key, path, may_replace)
+    check_new_file(key, path, may_replace)
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
@@ -279,27 +287,43 @@ def create_replacing(
     return fd
 
 
-def _check_media_file(path: Path) -> None:
+def check_media_file(path: Path) -> None:
+    """A file= backing file: a new one is created (nowhere another user can redirect), an
+    existing one must be a regular file we can read and write."""
     st = _lstat(path.resolve(), "file")
     if st is None:
-        _check_new_file("file", path, lambda _: True)
+        check_new_file("file", path, lambda _: True)
     elif not stat.S_ISREG(st.st_mode):
         raise ConfigError("file", f"{path} is not a regular file")
     elif not os.access(path, os.R_OK | os.W_OK, effective_ids=True):
         raise ConfigError("file", f"{path} is not readable and writable")
 
 
-def validate_paths(config: DeviceConfig) -> None:
-    """Check every path parameter without creating anything; the first problem raises."""
-    # Imported here: trace.py creates its file through this module.
-    from nbdfork.device.trace import is_trace_file  # noqa: PLC0415
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> Path:
+    """Write `data` to `path` so that a reader sees the old file or the new one, never half:
+    into a fresh private file beside it (O_EXCL: no link is followed), flushed to disk, then
+    renamed over `path`. The one way nbdfork replaces a file a later stage reads."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fchmod(out.fileno(), mode)
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
 
-    if config.report is not None:
-        check_report_dir(config.report)
-    if config.trace is not None:
-        _check_new_file("trace", config.trace, is_trace_file)
-    if config.file is not None:
-        _check_media_file(config.file)
-    trigger = config.faults.trigger
-    if trigger is not None and not trigger.parent.is_dir():
-        raise ConfigError("error-trigger", f"directory {trigger.parent} does not exist")
+
+def encode_json(value: Any) -> bytes:
+    """`value` (dicts, lists, msgspec structures, dataclasses) as indented JSON with a final
+    newline; NaN and infinities are not JSON and become null."""
+    return msgspec.json.format(msgspec.json.encode(value), indent=2) + b"\n"
+
+
+def write_json(path: Path, value: Any) -> Path:
+    """`value` as indented JSON in `path`, atomically (write_atomic)."""
+    return write_atomic(path, encode_json(value))

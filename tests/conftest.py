@@ -14,7 +14,7 @@ from typing import Any
 import nbd
 import pytest
 
-from nbdfork import nbdkit as launch
+from nbdfork.harness import nbdkit as launch
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "plugin" / "nbdfork_plugin.py"

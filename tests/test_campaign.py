@@ -9,9 +9,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from nbdfork.campaign.guest import mkfs_argv
-from nbdfork.campaign.host import CrashOptions
-from nbdfork.campaign.schema import (
+from nbdfork.cli import main
+from nbdfork.config import parse_params
+from nbdfork.device.clock import FakeClock
+from nbdfork.device.device import Device
+from nbdfork.errors import ConfigError, ReportError
+from nbdfork.experiments.crash.guest import mkfs_argv
+from nbdfork.experiments.crash.host import CrashOptions
+from nbdfork.experiments.crash.schema import (
     ControlSummary,
     CrashDevice,
     CrashReport,
@@ -22,15 +27,16 @@ from nbdfork.campaign.schema import (
     summarize_states,
     write_crash_report,
 )
-from nbdfork.campaign.states import CampaignPlan, candidate_points, pick_points, run_campaign
-from nbdfork.campaign.workload import Checkpoint, Ledger, LedgerFile
-from nbdfork.cli import main
-from nbdfork.config import parse_params
-from nbdfork.device.clock import FakeClock
-from nbdfork.device.device import Device
-from nbdfork.device.service import NullSink
-from nbdfork.errors import ConfigError, ReportError
+from nbdfork.experiments.crash.states import (
+    CampaignPlan,
+    candidate_points,
+    pick_points,
+    run_campaign,
+)
+from nbdfork.experiments.crash.workload import Checkpoint, Ledger, LedgerFile
+from nbdfork.oracle.events import NullSink
 from nbdfork.oracle.stamp import PAGE_SIZE, encode_page
+from nbdfork.oracle.verify import judge
 
 SIZE = 4 << 20
 MARKER = SIZE - (1 << 20)
@@ -41,7 +47,7 @@ def _traced_session(trace: Path, *extra: tuple[str, str]) -> Ledger:
     `fsync` writes go to a 'journal' area too, as a filesystem's would."""
     config = parse_params([("size", str(SIZE)), ("seed", "1"), ("trace", str(trace)),
                            ("cache", "volatile"), *extra])  # fmt: skip
-    device = Device(config, NullSink(), FakeClock())
+    device = Device(config, judge(NullSink()), FakeClock())
     ledger = Ledger(MARKER)
     generations = [0] * 8
     for step in range(40):
@@ -162,7 +168,7 @@ def test_mkfs_leaves_room_for_markers() -> None:
 
 def test_an_unreadable_file_is_a_ledger_violation_not_a_crash(tmp_path: Path) -> None:
     """A ledger file the crashed filesystem cannot read (EBADMSG, here EISDIR) is reported."""
-    from nbdfork.campaign.fscheck import check_files  # noqa: PLC0415
+    from nbdfork.experiments.crash.fscheck import check_files  # noqa: PLC0415
 
     (tmp_path / "f000").mkdir()
     checkpoint = Checkpoint(0, {"f000": LedgerFile("f000", 7, [1])})
@@ -172,7 +178,7 @@ def test_an_unreadable_file_is_a_ledger_violation_not_a_crash(tmp_path: Path) ->
 
 def test_crash_report_renders_through_the_shared_document_model(tmp_path: Path) -> None:
     """report.md and report.html come from one block list: the same table rows in both."""
-    from nbdfork.campaign.render import render_crash_report  # noqa: PLC0415
+    from nbdfork.experiments.crash.render import render_crash_report  # noqa: PLC0415
 
     report = _crash_report()
     md, page, png = render_crash_report(tmp_path, report)
@@ -184,7 +190,7 @@ def test_crash_report_renders_through_the_shared_document_model(tmp_path: Path) 
 def test_crash_report_json_round_trips_and_names_a_bad_field(tmp_path: Path) -> None:
     """report.json is written and read through the same structures; a bad state outcome is
     one error naming the file and the field; re-rendering needs only the saved files."""
-    from nbdfork.campaign.render import render_crash_report  # noqa: PLC0415
+    from nbdfork.experiments.crash.render import render_crash_report  # noqa: PLC0415
 
     report = _crash_report()
     path = write_crash_report(report, tmp_path)
@@ -204,7 +210,7 @@ def test_crash_report_json_round_trips_and_names_a_bad_field(tmp_path: Path) -> 
 def test_half_of_an_atomic_write_is_a_violation(tmp_path: Path) -> None:
     """A file rewritten only by whole-file atomic writes must hold one generation: pages of
     generations 3 and 4 side by side are reported; the ledger keeps the atomic flag."""
-    from nbdfork.campaign.fscheck import check_files  # noqa: PLC0415
+    from nbdfork.experiments.crash.fscheck import check_files  # noqa: PLC0415
     from nbdfork.oracle.stamp import encode_pages  # noqa: PLC0415
 
     (tmp_path / "f000").write_bytes(encode_pages(1000, 0, [4, 4, 3, 3]))
@@ -224,7 +230,7 @@ def test_atomic_ledger_workload_marks_every_file_atomic_or_says_why_not(tmp_path
     """With atomic=True the workload rewrites whole files in one RWF_ATOMIC write, and every
     checkpoint records the files as atomic with one generation each; where statx offers no
     unit for a whole file it refuses with the limits it saw."""
-    from nbdfork.campaign.workload import FsyncLedgerWorkload  # noqa: PLC0415
+    from nbdfork.experiments.crash.workload import FsyncLedgerWorkload  # noqa: PLC0415
 
     mount, device = tmp_path / "m", tmp_path / "dev"
     mount.mkdir()

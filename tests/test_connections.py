@@ -9,9 +9,9 @@ from pathlib import Path
 
 import nbd
 
-from nbdfork import nbdkit as launch
+from nbdfork.harness import nbdkit as launch
+from nbdfork.harness.guestdevice import collect_run, connection_report
 from nbdfork.oracle.stamp import encode_page
-from nbdfork.vm.device import collect_run, connection_report
 from tests.conftest import Server, close_handle
 
 

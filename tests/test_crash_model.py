@@ -12,7 +12,8 @@ from nbdfork.config import parse_params
 from nbdfork.device.clock import FakeClock
 from nbdfork.device.crash import build_image, choose_state, state_bytes
 from nbdfork.device.device import Device
-from nbdfork.device.service import NullSink
+from nbdfork.oracle.events import NullSink
+from nbdfork.oracle.verify import judge
 
 SECTOR = 512
 SECTORS = 16
@@ -20,7 +21,7 @@ SECTORS = 16
 
 def _device(*pairs: tuple[str, str]) -> Device:
     config = parse_params([("size", str(SECTORS * SECTOR)), ("seed", "5"), *pairs])
-    return Device(config, NullSink(), FakeClock())
+    return Device(config, judge(NullSink()), FakeClock())
 
 
 class DurabilityMachine(RuleBasedStateMachine):
@@ -149,7 +150,7 @@ def test_cache_size_destages_in_seeded_order() -> None:
     def media_after(seed: str) -> bytes:
         config = parse_params([("size", "64K"), ("seed", seed), ("cache", "volatile"),
                                ("cache-size", "2048"), ("oracle", "off")])  # fmt: skip
-        device = Device(config, NullSink(), FakeClock())
+        device = Device(config, judge(NullSink()), FakeClock())
         for i in range(16):
             device.pwrite(1, bytes([i + 1]) * SECTOR, i * SECTOR, fua=False)
         assert device.cache is not None

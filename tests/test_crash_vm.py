@@ -9,8 +9,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from nbdfork.campaign.host import CrashOptions, run_crash
-from nbdfork.campaign.render import render_crash_report
+from nbdfork.experiments.crash.host import CrashOptions, run_crash
+from nbdfork.experiments.crash.render import render_crash_report
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 

@@ -6,16 +6,17 @@ from nbdfork.config import parse_params
 from nbdfork.device.clock import FakeClock
 from nbdfork.device.crash import choose_state, state_bytes
 from nbdfork.device.device import Device
-from nbdfork.device.service import NullSink
 from nbdfork.oracle.crashcheck import CrashChecker, StateVerdict
+from nbdfork.oracle.events import NullSink
 from nbdfork.oracle.image import scan_image
 from nbdfork.oracle.ledger import validate_ledger
 from nbdfork.oracle.stamp import PAGE_SIZE, encode_page
+from nbdfork.oracle.verify import judge
 
 
 def _device(*pairs: tuple[str, str]) -> Device:
     config = parse_params([("size", "1M"), ("seed", "2"), ("cache", "volatile"), *pairs])
-    return Device(config, NullSink(), FakeClock())
+    return Device(config, judge(NullSink()), FakeClock())
 
 
 def _workload(device: Device) -> dict[tuple[int, int], int]:

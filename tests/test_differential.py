@@ -28,6 +28,7 @@ from nbdfork.device.clock import FakeClock
 from nbdfork.device.device import ArrivedWrite, Device
 from nbdfork.oracle.rejudge import rejudge_trace
 from nbdfork.oracle.stamp import MAGIC, encode_page
+from nbdfork.oracle.verify import judge
 
 SIZE = 64 << 10
 SECTORS = SIZE // 512
@@ -250,7 +251,7 @@ def make_device(tmp: Path, cache: bool) -> tuple[Device, ListSink]:
     if cache:
         params.append(("cache", "volatile"))
     sink = ListSink()
-    return Device(parse_params(params), sink, FakeClock()), sink
+    return Device(parse_params(params), judge(sink), FakeClock()), sink
 
 
 # CI explores the same 2,000 schedules every run (a red CI must mean a change broke them);

@@ -18,13 +18,31 @@ from typing import Any
 import msgspec
 import pytest
 
-from nbdfork.commands import run as run_command
 from nbdfork.errors import ConfigError, VMError, VMLost
-from nbdfork.report.schema import HarnessTimings, MatrixReport, load_report, write_report
-from nbdfork.vm import guest
-from nbdfork.vm.device import DeviceServer, nbdkit_argv
-from nbdfork.vm.guest import MARKER, GuestRunner, Reporter, nbd_client_argv
-from nbdfork.vm.kernel import (
+from nbdfork.experiments.matrix import cli as run_command
+from nbdfork.experiments.matrix import guest
+from nbdfork.experiments.matrix.experiment import EXPERIMENT as RUN
+from nbdfork.experiments.matrix.guest import GuestRunner
+from nbdfork.experiments.matrix.plan import Plan, RunSpec, build_runs, run_id
+from nbdfork.experiments.matrix.results import build_report, outcome_of, run_record, run_records
+from nbdfork.experiments.matrix.schema import (
+    HarnessTimings,
+    MatrixReport,
+    load_report,
+    write_report,
+)
+from nbdfork.experiments.matrix.session import RunOptions
+from nbdfork.harness.boot import (
+    BOOT_TRIM_MODULES,
+    VMConfig,
+    guest_argv,
+    parse_marker,
+    run_vm,
+    vng_argv,
+)
+from nbdfork.harness.guest import Reporter, nbd_client_argv
+from nbdfork.harness.guestdevice import DeviceServer, nbdkit_argv
+from nbdfork.harness.kernel import (
     Kernel,
     detect_accel,
     find_kernel,
@@ -32,19 +50,10 @@ from nbdfork.vm.kernel import (
     installed_kernels,
     validate_kernel,
 )
-from nbdfork.vm.plan import Plan, RunSpec, build_runs, derive_seed, run_id
-from nbdfork.vm.results import build_report, outcome_of, run_record, run_records
-from nbdfork.vm.run import (
-    BOOT_TRIM_MODULES,
-    Outcome,
-    VMConfig,
-    guest_argv,
-    parse_marker,
-    run_vm,
-    vng_argv,
-)
-from nbdfork.vm.session import RunOptions
-from nbdfork.vm.steps import StepError, run_step
+from nbdfork.harness.protocol import MARKER, Outcome
+from nbdfork.harness.steps import StepError, run_step
+from nbdfork.options import parse_args
+from nbdfork.seeds import derive_seed
 
 # --- fixtures --------------------------------------------------------------------------------
 
@@ -346,7 +355,8 @@ def test_vng_argv_boots_the_kernel_with_out_shared(tmp_path: Path) -> None:
     """vng gets the image, the rwdir, 9p, the boot trimming and --disable-kvm under TCG; the
     guest command survives vng's shell quoting."""
     plan = make_plan(tmp_path)
-    command = guest_argv(plan, Path(plan.out) / "plan.json")
+    command = guest_argv("nbdfork.experiments.matrix.guest", Path(plan.out) / "plan.json",
+                         venv=plan.venv, python=plan.python)
     argv = vng_argv(VMConfig(kernel(), "tcg", vng="/venv/bin/vng"), Path(plan.out), command)
     assert argv[:3] == ["/venv/bin/vng", "--run", "/boot/vmlinuz-6.1.0-57-amd64"]
     assert argv[argv.index("--rwdir") + 1] == plan.out
@@ -354,7 +364,7 @@ def test_vng_argv_boots_the_kernel_with_out_shared(tmp_path: Path) -> None:
     assert f"module_blacklist={','.join(BOOT_TRIM_MODULES)}" in argv[argv.index("--append") + 1]
     assert "nbd" not in BOOT_TRIM_MODULES and "xfs" not in BOOT_TRIM_MODULES
     assert shlex.split(argv[argv.index("--exec") + 1]) == command
-    assert command[-3:] == ["nbdfork.vm.guest", "--plan", f"{plan.out}/plan.json"]
+    assert command[-3:] == ["nbdfork.experiments.matrix.guest", "--plan", f"{plan.out}/plan.json"]
     assert f"VIRTUAL_ENV={sys.prefix}" in command
     kvm = vng_argv(VMConfig(kernel(), "kvm"), Path(plan.out), command)
     assert "--disable-kvm" not in kvm
@@ -665,8 +675,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     """Parse `nbdfork run ARGV` with only the run subcommand registered."""
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
-    run_command.register(sub)
-    return parser.parse_args(["run", *argv])
+    RUN.register(sub)
+    args = parser.parse_args(["run", *argv])
+    return argparse.Namespace(**{**vars(args), **parse_args(RUN.options, args)})
 
 
 def test_cli_options_become_run_options() -> None:
@@ -699,7 +710,7 @@ def test_cli_options_become_run_options() -> None:
     defaults = run_command.options_from_args(parse([]))
     assert defaults.filesystems == ("ext4", "xfs") and defaults.stable_writes == (0, 1)
     with pytest.raises(ConfigError, match="--device"):
-        run_command.options_from_args(parse(["--device", "novalue"]))
+        parse(["--device", "novalue"])
 
 
 def report_with(*outcomes: str) -> MatrixReport:
@@ -745,8 +756,8 @@ def test_overhead_per_configuration_does_not_count_a_skipped_workload(tmp_path: 
     skipped (no atomic unit, say) spent no workload seconds, so none are subtracted."""
     from types import SimpleNamespace  # noqa: PLC0415
 
-    from nbdfork.vm.run import VMRun  # noqa: PLC0415
-    from nbdfork.vm.session import RunSession  # noqa: PLC0415
+    from nbdfork.experiments.matrix.session import RunSession  # noqa: PLC0415
+    from nbdfork.harness.boot import VMRun  # noqa: PLC0415
 
     plan = make_plan(tmp_path)
     ran, skipped = plan.runs

@@ -10,9 +10,9 @@ import pytest
 
 from nbdfork.cli import main
 from nbdfork.errors import ConfigError
-from nbdfork.report.schema import KernelInfo, load_report, write_report
-from nbdfork.vm.fetch import META, FetchError, PrivateApt, cached_kernels, pick_packages
-from nbdfork.vm.session import kernel_list, merge_reports
+from nbdfork.experiments.matrix.schema import KernelInfo, load_report, write_report
+from nbdfork.experiments.matrix.session import kernel_list, merge_reports
+from nbdfork.harness.fetch import META, FetchError, PrivateApt, cached_kernels, pick_packages
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
 

@@ -12,8 +12,8 @@ import msgspec
 import pytest
 
 from nbdfork.errors import NbdforkError
-from nbdfork.vm.kernel import find_kernel
-from nbdfork.vm.session import MultiKernelSession, RunOptions
+from nbdfork.experiments.matrix.session import MultiKernelSession, RunOptions
+from nbdfork.harness.kernel import find_kernel
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -67,7 +67,7 @@ def test_one_report_names_both_kernels(report: dict[str, Any]) -> None:
 def test_no_crash_state_holds_half_of_an_atomic_write(tmp_path: Path) -> None:
     """7.x XFS, whole files rewritten by RWF_ATOMIC: crash states cut anywhere pass (no file
     half old, half new; nothing fsynced lost) and the ignore-flush control loses writes."""
-    from nbdfork.campaign.host import CrashOptions, run_crash  # noqa: PLC0415
+    from nbdfork.experiments.crash.host import CrashOptions, run_crash  # noqa: PLC0415
 
     require_kernel_7()
     options = CrashOptions(out=tmp_path / "crash", fs="xfs", states=4, control_states=2,

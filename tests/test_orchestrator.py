@@ -20,7 +20,7 @@ from nbdfork.campaign.orchestrator import Budget, _next_cells, pending_cells
 from nbdfork.campaign.spec import OUT, Cell, example_spec, parse_spec
 from nbdfork.errors import ConfigError, ReportError
 from nbdfork.report.codec import write_json
-from nbdfork.vm.plan import derive_seed
+from nbdfork.seeds import derive_seed
 from tests.conftest import nbdkit_env
 
 NBDFORK = Path(sys.executable).parent / "nbdfork"

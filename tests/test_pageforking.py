@@ -17,27 +17,32 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from nbdfork.commands import model as model_command
 from nbdfork.errors import ConfigError, ReportError
-from nbdfork.oracle.stamp import PageStatus, decode_page, encode_page
-from nbdfork.pageforking.cache import PAGE_SIZE, CacheStats, Page, PageCache
-from nbdfork.pageforking.compare import load_kernel_rows
-from nbdfork.pageforking.device import DeviceSettings, Verdicts, parse_latencies, parse_reorder
-from nbdfork.pageforking.export import Done
-from nbdfork.pageforking.policy import Policy, parse_policies
-from nbdfork.pageforking.report import (
+from nbdfork.experiments.matrix import schema as run_schema
+from nbdfork.experiments.model.cache import PAGE_SIZE, CacheStats, Page, PageCache
+from nbdfork.experiments.model.compare import load_kernel_rows
+from nbdfork.experiments.model.device import (
+    DeviceSettings,
+    Verdicts,
+    parse_latencies,
+    parse_reorder,
+)
+from nbdfork.experiments.model.experiment import EXPERIMENT as MODEL
+from nbdfork.experiments.model.export import Done
+from nbdfork.experiments.model.policy import Policy, parse_policies
+from nbdfork.experiments.model.report import (
     model_report,
     render_markdown,
     render_model_report,
     write_report,
 )
-from nbdfork.pageforking.run import RunResult, RunSpec, WriterPhase, derive_seeds, run_model
-from nbdfork.pageforking.schema import MODEL_SCHEMA, ModelReport, load_model_report
-from nbdfork.pageforking.summary import ratios, rows
-from nbdfork.pageforking.sweep import SweepPlan, run_sweep
-from nbdfork.pageforking.writeback import WritebackEngine, WritebackTuning, send_copy
-from nbdfork.pageforking.writer import Workload
-from nbdfork.report import schema as run_schema
+from nbdfork.experiments.model.run import RunResult, RunSpec, WriterPhase, derive_seeds, run_model
+from nbdfork.experiments.model.schema import MODEL_SCHEMA, ModelReport, load_model_report
+from nbdfork.experiments.model.summary import ratios, rows
+from nbdfork.experiments.model.sweep import SweepPlan, run_sweep
+from nbdfork.experiments.model.writeback import WritebackEngine, WritebackTuning, send_copy
+from nbdfork.experiments.model.writer import Workload
+from nbdfork.oracle.stamp import PageStatus, decode_page, encode_page
 
 BLOCKS = 3
 WAIT = 10.0  # seconds a test waits for another thread before failing
@@ -611,7 +616,7 @@ def test_cli_writes_the_report_beside_a_kernel_report(tmp_path: Path) -> None:
     kernel = tmp_path / "kernel"
     _kernel_report(kernel, [_kernel_run("ext4", 1, 0, 100, p50=0.2, p99=5.5)])
     parser = argparse.ArgumentParser()
-    model_command.register(parser.add_subparsers())
+    MODEL.register(parser.add_subparsers())
     out = tmp_path / "out"
     args = parser.parse_args(["model", "--policy", "none,stable", "--seconds", "0.5",
                               "--latency", "1ms", "--seed", "3", "--compare", str(kernel),

@@ -18,11 +18,11 @@ from matplotlib.image import imread
 
 from nbdfork.commands import report as report_command
 from nbdfork.errors import ReportError
+from nbdfork.experiments.matrix.events import read_tears, tear_offset
+from nbdfork.experiments.matrix.findings import findings, p99_stall_ratio
+from nbdfork.experiments.matrix.render import fmt_ms, render_report
+from nbdfork.experiments.matrix.schema import SCHEMA, load_report, write_report
 from nbdfork.report.document import Bullets, Paragraph, Table, to_html, to_markdown
-from nbdfork.report.events import read_tears, tear_offset
-from nbdfork.report.findings import findings, p99_stall_ratio
-from nbdfork.report.render import fmt_ms, render_report
-from nbdfork.report.schema import SCHEMA, load_report, write_report
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -381,7 +381,7 @@ def test_kernels_plot_only_with_several_kernels(tmp_path: Path) -> None:
     kernel there is nothing to set side by side."""
     import msgspec  # noqa: PLC0415
 
-    from nbdfork.report.plots import plot_kernels  # noqa: PLC0415
+    from nbdfork.experiments.matrix.plots import plot_kernels  # noqa: PLC0415
 
     report = load_report(GOLDEN / "report.json")
     assert plot_kernels(report.runs, tmp_path / "one.png") is None

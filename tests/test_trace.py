@@ -13,10 +13,11 @@ from nbdfork.config import parse_params
 from nbdfork.device.cache import CacheModel
 from nbdfork.device.clock import FakeClock
 from nbdfork.device.device import Device
-from nbdfork.device.service import NullSink
 from nbdfork.device.store import Store
 from nbdfork.device.trace import Op, export_log_writes, read_trace, replay, replay_cache
 from nbdfork.errors import OracleError
+from nbdfork.oracle.events import NullSink
+from nbdfork.oracle.verify import judge
 
 GOLDEN = Path(__file__).parent / "golden" / "trace"
 SIZE = 64 << 10
@@ -26,7 +27,7 @@ def _record_session(path: Path) -> Device:
     """A fixed request sequence on a traced device with a fake clock."""
     config = parse_params([("size", str(SIZE)), ("seed", "1"), ("trace", str(path)),
                            ("write-latency", "1ms")])  # fmt: skip
-    device = Device(config, NullSink(), FakeClock())
+    device = Device(config, judge(NullSink()), FakeClock())
     device.pwrite(1, b"\x11" * 4096, 0, fua=False)
     device.pwrite(1, b"\x22" * 1024, 8192, fua=True)
     device.flush(1)

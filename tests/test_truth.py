@@ -177,11 +177,12 @@ def test_a_trace_recorded_without_the_oracle_is_judged_by_arrival_times(tmp_path
     landings, so a sequential history still gets its verdicts (a stale copy, a torn page)."""
     from nbdfork.config import parse_params  # noqa: PLC0415
     from nbdfork.device.device import Device  # noqa: PLC0415
-    from nbdfork.device.service import NullSink  # noqa: PLC0415
+    from nbdfork.oracle.events import NullSink  # noqa: PLC0415
+    from nbdfork.oracle.verify import judge  # noqa: PLC0415
 
     trace = tmp_path / "t.trace"
     params = [("size", "1M"), ("oracle", "off"), ("trace", str(trace))]
-    device = Device(parse_params(params), NullSink())
+    device = Device(parse_params(params), judge(NullSink()))
     device.pwrite(1, encode_page(1, 0, 2), 0, fua=False)
     device.pwrite(1, encode_page(1, 0, 1), 0, fua=False)
     device.pwrite(1, encode_page(1, 1, 2)[:2048] + encode_page(1, 1, 1)[2048:], PAGE, fua=False)

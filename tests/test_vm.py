@@ -16,9 +16,9 @@ import msgspec
 import pytest
 
 from nbdfork.errors import NbdforkError
-from nbdfork.vm.kernel import find_kernel, validate_kernel
-from nbdfork.vm.run import find_vng
-from nbdfork.vm.session import RunOptions, RunSession
+from nbdfork.experiments.matrix.session import RunOptions, RunSession
+from nbdfork.harness.boot import find_vng
+from nbdfork.harness.kernel import find_kernel, validate_kernel
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 

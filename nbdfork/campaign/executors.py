@@ -328,7 +328,7 @@ class RayExecutor:
         started = time.monotonic()
         options: dict[str, Any] = {"num_cpus": cell.cpus, "max_retries": self.MAX_RETRIES,
                                    "name": cell.id}  # fmt: skip
-        if cell.kind in ("run", "crash"):
+        if cell.cpus > 1:  # a VM cell: reserve its memory too
             options["memory"] = cell.memory
         ref = self._remote.options(**options).remote(
             cell.id, list(cell.argv), cell.timeout, list(cell.ok_statuses)

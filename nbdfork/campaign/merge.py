@@ -26,10 +26,11 @@ import msgspec
 from nbdfork import __version__
 from nbdfork.campaign.journal import JournalState
 from nbdfork.campaign.orchestrator import Budget
-from nbdfork.campaign.schema import load_crash_report
 from nbdfork.campaign.spec import CampaignSpec, Cell
 from nbdfork.errors import ReportError
-from nbdfork.pageforking.schema import load_model_report
+from nbdfork.experiments.crash.schema import load_crash_report
+from nbdfork.experiments.matrix.schema import load_report as load_run_report
+from nbdfork.experiments.model.schema import load_model_report
 from nbdfork.report.codec import Record, read_json, write_json
 from nbdfork.report.document import (
     Block,
@@ -40,8 +41,7 @@ from nbdfork.report.document import (
     code,
     write_document,
 )
-from nbdfork.report.schema import Count
-from nbdfork.report.schema import load_report as load_run_report
+from nbdfork.report.measures import Count
 
 __all__ = [
     "SCHEMA",

@@ -32,6 +32,7 @@ from nbdfork.campaign.executors import RUNNING, CellOutcome, Executor
 from nbdfork.campaign.journal import Journal, JournalState, read_journal
 from nbdfork.campaign.spec import CampaignSpec, Cell
 from nbdfork.errors import ConfigError
+from nbdfork.files import write_json
 
 __all__ = [
     "CAMPAIGN_FILE",
@@ -102,9 +103,7 @@ def _check_spec(out: Path, spec: CampaignSpec, spec_path: Path, force: bool) -> 
     record.update(schema=CAMPAIGN_SCHEMA, name=spec.name, seed=spec.seed, spec_hash=spec.hash,
                   spec_path=str(spec_path), spec=json.loads(spec.source), updated=now,
                   cells=[c.id for c in spec.cells])  # fmt: skip
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
+    write_json(path, record)
 
 
 def pending_cells(cells: Sequence[Cell], states: dict[str, JournalState]) -> list[Cell]:

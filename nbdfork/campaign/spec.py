@@ -23,7 +23,6 @@ changes another cell's seed.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -35,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from nbdfork.errors import ConfigError
-from nbdfork.vm.plan import derive_seed
+from nbdfork.experiments import experiment, registry
+from nbdfork.options import check_setting, flag_name
+from nbdfork.seeds import derive_seed
 
 __all__ = [
-    "KINDS",
+    "EXEC",
     "OUT",
     "Cell",
     "CampaignSpec",
@@ -48,18 +49,16 @@ __all__ = [
     "parse_spec",
 ]
 
-KINDS = ("run", "crash", "model", "exec")
-"""Cell kinds; `exec` runs an argv from the spec (tests and benchmarks only)."""
+EXEC = "exec"
+"""The hidden cell kind that runs an argv from the spec (tests and benchmarks only)."""
 OUT = "{out}"
 """Placeholder in a cell's argv for its result directory (local, or a worker's temp dir)."""
 NBDFORK = "nbdfork"
 """argv[0] of a cell that runs the nbdfork CLI: resolved where the cell runs (Ray workers)."""
 
 _RESERVED = {"out": "set by the campaign", "seed": "derived per cell (use the `seed` axis)",
-             "seeds": "one seed per cell (use `seeds = N` in the [[cells]] table)",
-             "json": "not for campaigns", "help": "not for campaigns"}  # fmt: skip
+             "seeds": "one seed per cell (use `seeds = N` in the [[cells]] table)"}
 _GROUP_KEYS = {"kind", "name", "axes", "options", "seeds", "timeout"}
-_OK_STATUSES = {"run": (0, 1), "crash": (0, 1), "model": (0,), "exec": (0,)}
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._,:+=@%-]")
 GiB = 1 << 30
 
@@ -79,12 +78,12 @@ class Cell:
     @property
     def cpus(self) -> int:
         """CPUs a cell occupies: a VM cell boots a 2-vCPU guest."""
-        return 2 if self.kind in ("run", "crash") else 1
+        return 1 if self.kind == EXEC else experiment(self.kind).cpus
 
     @property
     def memory(self) -> int:
         """Bytes a cell needs (the VM's 2 GiB guest plus nbdkit and qemu)."""
-        return int(2.5 * GiB) if self.kind in ("run", "crash") else GiB // 2
+        return GiB // 2 if self.kind == EXEC else experiment(self.kind).memory
 
     @property
     def key(self) -> str:
@@ -188,8 +187,8 @@ def _expand(group: Mapping[str, Any], index: int, campaign_seed: int) -> list[Ce
     where = f"cells[{index}]"
     _only(group, _GROUP_KEYS, f"{where}.")
     kind = group.get("kind")
-    if kind not in KINDS:
-        raise ConfigError(f"{where}.kind", f"{kind!r} is not one of {', '.join(KINDS[:3])}")
+    if kind != EXEC and kind not in registry():
+        raise ConfigError(f"{where}.kind", f"{kind!r} is not one of {', '.join(registry())}")
     prefix = group.get("name", kind)
     if not isinstance(prefix, str) or not prefix or _ID_UNSAFE.search(prefix):
         raise ConfigError(f"{where}.name", f"{prefix!r} must be a short name ([A-Za-z0-9._-])")
@@ -227,8 +226,8 @@ def _cell(
     seed = derive_seed(campaign_seed, cell_id)
     settings = {a: v for a, v in values.items() if a != "seed"} | dict(options)
     argv = _argv(kind, settings, seed=seed, cell_id=cell_id, shown=shown, where=where)
-    return Cell(cell_id, kind, shown, seed, argv, _OK_STATUSES[kind],
-                None if timeout is None else float(timeout))  # fmt: skip
+    ok = (0,) if kind == EXEC else experiment(kind).ok_statuses
+    return Cell(cell_id, kind, shown, seed, argv, ok, None if timeout is None else float(timeout))
 
 
 def _argv(
@@ -255,37 +254,24 @@ def _argv(
 
 
 def _check_options(kind: str, settings: Mapping[str, Any], where: str) -> None:
-    """Every axis and option must be an option of `nbdfork KIND` (checked on its parser)."""
-    if kind == "exec":
+    """Every axis and option must be an option of the experiment `kind` that a campaign may
+    set, and every value must pass that option's own parser."""
+    if kind == EXEC:
         extra = [k for k, v in settings.items() if v is not None and k != "argv"]
         if extra:
             raise ConfigError(f"{where}.options.{extra[0]}", "unknown key (allowed: argv)")
         return
-    actions = _subparser(kind)._option_string_actions
+    options = experiment(kind).options_by_name
     for key, value in settings.items():
         name = f"{where}.options.{key}" if value is not None else f"{where}.axes.{key}"
         if key == "seed" and value is None:
             continue
         if key in _RESERVED:
             raise ConfigError(name, _RESERVED[key])
-        action = actions.get("--" + key.replace("_", "-"))
-        if action is None:
-            raise ConfigError(name, f"`nbdfork {kind}` has no option --{key.replace('_', '-')}")
-        if action.nargs == 0 and value is not None and not isinstance(value, bool):
-            raise ConfigError(name, "is a flag: true or false")
-        if isinstance(value, list) and not isinstance(action, argparse._AppendAction):
-            raise ConfigError(name, "takes one value (lists are for axes and repeatable options)")
-
-
-def _subparser(kind: str) -> argparse.ArgumentParser:
-    from nbdfork.cli import build_parser  # noqa: PLC0415 - the CLI imports this module
-
-    parser = build_parser()
-    for action in parser._subparsers._group_actions if parser._subparsers else ():
-        if isinstance(action, argparse._SubParsersAction):
-            sub: argparse.ArgumentParser = action.choices[kind]
-            return sub
-    raise ConfigError("kind", f"no subcommand {kind}")  # pragma: no cover
+        if key not in options:
+            raise ConfigError(name, f"`nbdfork {kind}` has no option {flag_name(key)}")
+        if value is not None:
+            check_setting(options, key, value, name)
 
 
 _EXAMPLES = {

@@ -1,22 +1,20 @@
-"""Subcommands of the `nbdfork` CLI; each module has `register(subparsers)` that sets `handler`."""
+"""Subcommands of the `nbdfork` CLI: every experiment found by nbdfork.experiments.registry()
+(run, crash, model, ...), then the tools around them; each sets `handler(args) -> int`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import argparse
 
-from nbdfork.commands import campaign, crash, kernel, model, report, run, serve, verify
+from nbdfork.commands import campaign, kernel, report, serve, verify
+from nbdfork.experiments import registry
 
-__all__ = ["COMMANDS"]
+__all__ = ["register_all"]
 
-# Each register(subparsers) adds one subcommand whose parser sets `handler(args) -> int`.
-COMMANDS: list[Callable[[Any], None]] = [
-    run.register,
-    serve.register,
-    verify.register,
-    report.register,
-    model.register,
-    crash.register,
-    kernel.register,
-    campaign.register,
-]
+
+def register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add every subcommand: the experiments first, then serve, verify, report, kernel and
+    campaign."""
+    for experiment in registry().values():
+        experiment.register(sub)
+    for tool in (serve, verify, report, kernel, campaign):
+        tool.register(sub)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nbdfork.vm.fetch import PrivateApt, cache_root, cached_kernels, fetch_series
-from nbdfork.vm.kernel import installed_kernels
+from nbdfork.harness.fetch import PrivateApt, cache_root, cached_kernels, fetch_series
+from nbdfork.harness.kernel import installed_kernels
 
 __all__ = ["register"]
 

@@ -4,42 +4,23 @@ files it saved: report.md, report.html and the plots, from DIR/report.json and w
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from nbdfork.errors import ReportError
+from nbdfork.experiments import registry
+from nbdfork.harness.experiment import ReportKind, resolve
 from nbdfork.report.codec import report_file, schema_of
 
-__all__ = ["KINDS", "Kind", "handler", "json_schema", "register", "render_any"]
+__all__ = ["handler", "json_schema", "kinds", "register", "render_any"]
 
 _DESCRIPTION = """\
 Re-render DIR/report.md, DIR/report.html and the PNG plots from DIR/report.json (and the
 files it refers to), whichever command wrote it: `nbdfork run`, `crash`, `model` or
 `campaign run`. The report's `schema` picks the renderer. Prints the files written."""
-
-
-def _run(out: Path) -> list[Path]:
-    from nbdfork.report.render import render_report  # noqa: PLC0415
-
-    return render_report(out)
-
-
-def _crash(out: Path) -> list[Path]:
-    from nbdfork.campaign.render import render_crash_report  # noqa: PLC0415
-
-    return render_crash_report(out)
-
-
-def _model(out: Path) -> list[Path]:
-    from nbdfork.pageforking.report import render_model_report  # noqa: PLC0415
-
-    return render_model_report(out)
 
 
 def _campaign(out: Path) -> list[Path]:
@@ -48,39 +29,30 @@ def _campaign(out: Path) -> list[Path]:
     return render(out, load_report(out))
 
 
-@dataclass(frozen=True, slots=True)
-class Kind:
-    """One kind of report: the schema its report.json declares, the structure that defines
-    it ("module:Type", imported only when asked for) and what renders it."""
-
-    schema: str
-    structure: str
-    render: Callable[[Path], list[Path]]
-
-
-KINDS: dict[str, Kind] = {
-    "run": Kind("nbdfork.run/1", "nbdfork.report.schema:MatrixReport", _run),
-    "crash": Kind("nbdfork.crash/1", "nbdfork.campaign.schema:CrashReport", _crash),
-    "model": Kind("nbdfork.model-report/1", "nbdfork.pageforking.schema:ModelReport", _model),
-    "campaign": Kind("nbdfork.campaign/1", "nbdfork.campaign.merge:CampaignReport", _campaign),
-}
+def kinds() -> dict[str, ReportKind]:
+    """Every kind of report: each experiment's, then the campaign's."""
+    found = {name: e.report for name, e in registry().items()}
+    found["campaign"] = ReportKind("nbdfork.campaign/1", "nbdfork.campaign.merge:CampaignReport",
+                                   "nbdfork.commands.report:_campaign")
+    return found
 
 
 def json_schema(kind: str) -> dict[str, Any]:
     """The JSON Schema of one kind of report.json, generated from its structures."""
-    module, name = KINDS[kind].structure.split(":")
-    document: dict[str, Any] = msgspec.json.schema(getattr(importlib.import_module(module), name))
+    found = kinds()[kind]
+    document: dict[str, Any] = msgspec.json.schema(resolve(found.structure))
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": f"nbdfork {kind} report ({KINDS[kind].schema})", **document}  # fmt: skip
+            "title": f"nbdfork {kind} report ({found.schema})", **document}  # fmt: skip
 
 
 def render_any(out: Path) -> list[Path]:
     """Render the report in `out` by the schema its report.json declares."""
     source = report_file(out)
     schema = schema_of(source)
-    kind = next((k for k in KINDS.values() if k.schema == schema), None)
+    known_kinds = kinds().values()
+    kind = next((k for k in known_kinds if k.schema == schema), None)
     if kind is None:
-        known = ", ".join(repr(k.schema) for k in KINDS.values())
+        known = ", ".join(repr(k.schema) for k in known_kinds)
         raise ReportError(f"{source}: schema: unknown schema {schema!r}; this nbdfork renders "
                           f"{known}")  # fmt: skip
     return kind.render(source.parent)
@@ -95,9 +67,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("out", metavar="DIR", type=Path, nargs="?",
                         help="a report directory (holds report.json), or the report.json itself")
-    parser.add_argument("--json-schema", choices=tuple(KINDS), metavar="KIND",
+    names = tuple(kinds())
+    parser.add_argument("--json-schema", choices=names, metavar="KIND",
                         help="print the JSON Schema of one kind of report.json "
-                        f"({', '.join(KINDS)}) instead of rendering")
+                        f"({', '.join(names)}) instead of rendering")
     parser.set_defaults(handler=handler)
 
 

@@ -10,14 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nbdfork import nbdkit as launch
 from nbdfork.config import PARAMS, parse_params
+from nbdfork.device.paths import validate_paths
 from nbdfork.errors import ConfigError
-from nbdfork.files import validate_paths
+from nbdfork.harness import nbdkit as launch
 
-__all__ = ["PLUGIN", "nbdkit_argv", "register"]
+__all__ = ["nbdkit_argv", "register"]
 
-PLUGIN = Path(__file__).resolve().parent.parent.parent / "plugin" / "nbdfork_plugin.py"
 
 _EPILOG = """\
 examples:

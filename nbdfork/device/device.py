@@ -21,12 +21,12 @@ from nbdfork.device.clock import Clock, MonotonicClock
 from nbdfork.device.faults import FaultInjector
 from nbdfork.device.latency import LatencyModel
 from nbdfork.device.reorder import ReorderGate
+from nbdfork.device.requests import JudgeFactory, WriteRequest
 from nbdfork.device.rng import DeviceRng
 from nbdfork.device.store import Store
 from nbdfork.device.trace import FLAG_FAILED, FLAG_FUA, Record, TraceWriter
 from nbdfork.device.trace import Op as TraceOp
 from nbdfork.errors import DeviceError
-from nbdfork.oracle.verify import EventSink, Oracle, WriteRequest
 
 __all__ = ["Device", "DeviceStats", "ArrivedWrite", "service_percentiles"]
 
@@ -72,14 +72,16 @@ class DeviceStats:
 class Device:
     """Serves pread/pwrite/flush/trim/zero for any number of connections and threads."""
 
-    def __init__(self, config: DeviceConfig, sink: EventSink, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: DeviceConfig, judge: JudgeFactory | None, clock: Clock | None = None
+    ) -> None:
         self.config = config
         self.clock: Clock = clock or MonotonicClock()
         self.rng = DeviceRng(config.seed)
         self.store = Store(config.size, None if config.cache else config.file)
         self.cache = self._make_cache(config)
         self.latency = LatencyModel(config, self.rng)
-        self.oracle = Oracle(sink, self.store) if config.oracle else None
+        self.oracle = judge(self.store) if judge is not None and config.oracle else None
         self.trace = TraceWriter(config.trace, config.size) if config.trace else None
         self.reorder = self._make_reorder(config)
         self.faults = FaultInjector(config.faults, self.rng) if config.faults.ops else None

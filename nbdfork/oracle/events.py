@@ -17,7 +17,7 @@ from typing import TextIO
 
 from nbdfork.errors import OracleError
 
-__all__ = ["VERDICTS", "EventLog", "read_events", "summarize"]
+__all__ = ["VERDICTS", "EventLog", "NullSink", "read_events", "summarize"]
 
 VERDICTS = ("torn_write", "stale_write", "overlapping_write", "lost_write")
 """Every verdict kind; summarize() reports each, even at zero."""
@@ -111,3 +111,13 @@ def summarize(events: Iterable[Mapping[str, object]]) -> dict[str, object]:
 def _key(stream: str) -> tuple[int, str]:
     """Sort streams numerically when they are numbers."""
     return (int(stream), "") if stream.isascii() and stream.isdigit() else (1 << 64, stream)
+
+
+class NullSink:
+    """Drops events (no report directory): the counts still reach the summary and the log."""
+
+    def emit(self, event: Mapping[str, object]) -> None:
+        """Discard `event`."""
+
+    def close(self) -> None:
+        """Nothing to close."""

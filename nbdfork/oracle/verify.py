@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple, Protocol
 
+from nbdfork.device.requests import Media, WriteRequest
 from nbdfork.oracle.stamp import (
     PAGE_SIZE,
     SECTOR_SIZE,
@@ -37,6 +38,7 @@ __all__ = [
     "Media",
     "validate_overlap",
     "validate_stale",
+    "judge",
     "validate_torn",
 ]
 
@@ -54,39 +56,10 @@ COUNTED = (
 """The keys of Oracle.counts(): events per verdict, then per-write and per-page tallies."""
 
 
-class WriteRequest(NamedTuple):
-    """One NBD WRITE as the device saw it arrive (a NamedTuple: one is built per WRITE)."""
-
-    request_id: int
-    connection: int
-    offset: int  # bytes
-    length: int  # bytes
-    fua: bool
-    time: float  # seconds since the device started
-
-    @property
-    def first_sector(self) -> int:
-        """The first 512-byte sector the write touches."""
-        return self.offset // SECTOR_SIZE
-
-    @property
-    def end_sector(self) -> int:
-        """One past the last 512-byte sector the write touches."""
-        return -(-(self.offset + self.length) // SECTOR_SIZE)
-
-
 class EventSink(Protocol):
     """Where verdicts go (an EventLog, a list in tests)."""
 
     def emit(self, event: Mapping[str, object]) -> None: ...
-
-
-class Media(Protocol):
-    """What the device's media holds (a Store): assembled pages are judged there."""
-
-    size: int
-
-    def read(self, offset: int, length: int) -> bytes: ...
 
 
 class InFlight(NamedTuple):
@@ -429,3 +402,8 @@ def _evidence(data: bytes, stream: int, page: int) -> bool:
     the page is not VALID). Sectors holding other data are not a tear: the page was replaced."""
     gens = [g for g in sector_generations(data, stream, page) if g is not None]
     return len(set(gens)) > 1 or len(gens) == SECTORS_PER_PAGE
+
+
+def judge(sink: EventSink) -> Callable[[Media], Oracle]:
+    """The factory a Device takes to have its writes judged by an Oracle reporting to `sink`."""
+    return lambda media: Oracle(sink, media)

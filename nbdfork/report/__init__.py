@@ -1,7 +1,6 @@
-"""Results of a matrix run: the typed report.json schema (schema.py) and its rendering (render.py).
-
-Kept free of imports so that reading or writing the schema (the harness, the guest) does not
-load matplotlib; import `nbdfork.report.schema` or `nbdfork.report.render` directly.
+"""What every report shares: the codec every report.json goes through (codec.py), the measures
+(measures.py) and the document model that renders markdown and html (document.py). Each
+experiment's own report schema and renderer live in its package under nbdfork.experiments.
 """
 
 __all__: list[str] = []

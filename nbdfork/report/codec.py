@@ -8,7 +8,6 @@ expected int >= 0`); a report of another kind or version is refused by its `sche
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from nbdfork.errors import ReportError
+from nbdfork.files import encode_json, write_atomic
 
 __all__ = [
     "REPORT_FILE",
@@ -84,14 +84,16 @@ def _inner(info: mi.Type, step: str) -> mi.Type | None:
 
 
 def allowed_values(kind: type[Any], path: str) -> tuple[object, ...]:
-    """The values a Literal field at `path` (e.g. `runs[0].outcome`) of `kind` admits."""
+    """The values a Literal (or enum) field at `path` (e.g. `runs[0].outcome`) of `kind` admits."""
     info: mi.Type | None = mi.type_info(kind)
     for match in _STEP.finditer(path):
         if info is None:
             return ()
         info = _inner(info, match[1] or match[2])
     if isinstance(info, mi.UnionType):
-        info = next((t for t in info.types if isinstance(t, mi.LiteralType)), None)
+        info = next((t for t in info.types if isinstance(t, mi.LiteralType | mi.EnumType)), None)
+    if isinstance(info, mi.EnumType):
+        return tuple(sorted(member.value for member in info.cls))
     return tuple(info.values) if isinstance(info, mi.LiteralType) else ()
 
 
@@ -158,13 +160,9 @@ def read_json(path: Path, kind: type[T], schema: str) -> T:
 
 def encode(value: Any) -> bytes:
     """`value` as report.json holds it: indented JSON with a final newline."""
-    return msgspec.json.format(msgspec.json.encode(value), indent=2) + b"\n"
+    return encode_json(value)
 
 
 def write_json(value: Any, path: Path) -> Path:
     """Encode `value` into `path` (its report.json when a directory), atomically; the file."""
-    target = report_file(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(encode(value))
-    os.replace(tmp, target)
-    return target
+    return write_atomic(report_file(path), encode(value))

@@ -1,0 +1,142 @@
+"""The crash campaign's results: `OUT/report.json` (`nbdfork.crash/1`), defined once.
+
+`nbdfork crash` builds a `CrashReport` from the states the guest checked (campaign/ and
+control/states.json) and writes it through nbdfork.report.codec; the renderer, the campaign
+merge and `nbdfork report` read it back through the same structures.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from nbdfork.errors import ReportError
+from nbdfork.report.codec import Record, read_json, write_json
+from nbdfork.report.measures import Count
+
+__all__ = [
+    "SCHEMA",
+    "ControlSummary",
+    "CrashOutcome",
+    "CrashDevice",
+    "CrashReport",
+    "CrashWorkload",
+    "StateOutcome",
+    "StateRow",
+    "StatesSummary",
+    "load_crash_report",
+    "load_states",
+    "summarize_states",
+    "write_crash_report",
+]
+
+SCHEMA = "nbdfork.crash/1"
+StateOutcome = Literal["passed", "ledger_violation", "fsck_failure", "torn"]
+CrashOutcome = Literal["passed", "violations", "control_failed", "vm_lost"]
+
+
+class StateRow(Record, frozen=True, kw_only=True):
+    """One crash state: where power was cut, what the checks found, how to rebuild it."""
+
+    point: Count  # trace record index after which power was cut
+    checkpoint: int
+    index: Count
+    outcome: StateOutcome
+    reproducer: dict[str, Any]
+    lost_pages: tuple[dict[str, Any], ...] = ()
+    torn_unexplained: tuple[int, ...] = ()
+    torn_explained: Count = 0
+    fs: dict[str, Any] = msgspec.field(default_factory=dict)  # mount, fsck, ledger checks
+
+
+class StatesSummary(Record, frozen=True, kw_only=True):
+    """Counts per outcome and the totals a reader looks at first."""
+
+    states_checked: Count
+    outcomes: dict[str, Count]
+    ledger_violations: Count
+    fsck_failures: Count  # counted on their own: a state with lost writes may fail fsck too
+    mount_failures: Count
+    torn_unexplained: Count
+
+    @property
+    def failures(self) -> int:
+        return self.ledger_violations + self.fsck_failures + self.torn_unexplained
+
+
+class ControlSummary(StatesSummary, frozen=True, kw_only=True):
+    """The same trace replayed on a device that ignores FLUSH/FUA."""
+
+    ignore_flush: bool = True
+
+
+class CrashDevice(Record, frozen=True, kw_only=True):
+    size: str
+    cache: str
+    ignore_flush: bool
+
+
+class CrashWorkload(Record, frozen=True, kw_only=True):
+    kind: Literal["fsync", "atomic"]
+    seconds: float
+    files: Count
+    pages: Count
+
+
+class CrashReport(StatesSummary, frozen=True, kw_only=True):
+    """One `nbdfork crash`: its settings, the states checked and the control's."""
+
+    kernel: str
+    accel: str
+    fs: str
+    seed: int
+    started: str
+    duration_s: float
+    device: CrashDevice
+    workload: CrashWorkload
+    states: tuple[StateRow, ...]
+    outcome: CrashOutcome
+    control: ControlSummary | None = None
+    device_location: str = "guest"
+    points: str = "checkpoint"
+    guest_error: str | None = None
+    schema: str = SCHEMA
+
+
+def summarize_states(rows: Iterable[StateRow]) -> StatesSummary:
+    """Counts per outcome and the totals of `rows`."""
+    rows = list(rows)
+    outcomes = Counter(r.outcome for r in rows)
+    return StatesSummary(
+        states_checked=len(rows),
+        outcomes=dict(sorted(outcomes.items())),
+        ledger_violations=outcomes["ledger_violation"],
+        fsck_failures=sum(r.fs.get("fsck_ok") is False for r in rows),
+        mount_failures=sum(r.fs.get("mount_ok") is False for r in rows),
+        torn_unexplained=outcomes["torn"],
+    )
+
+
+def load_states(path: Path) -> tuple[StateRow, ...] | None:
+    """The crash states the guest wrote to `path` (a states.json); None when it wrote none,
+    a ReportError naming the file when they cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=tuple[StateRow, ...])
+    except (OSError, msgspec.MsgspecError) as exc:
+        raise ReportError(f"{path}: the guest's states are not readable: {exc}") from None
+
+
+def load_crash_report(path: Path) -> CrashReport:
+    """Read and validate a crash report.json (or the directory holding one)."""
+    return read_json(path, CrashReport, SCHEMA)
+
+
+def write_crash_report(report: CrashReport, path: Path) -> Path:
+    """Write `report` as report.json (into `path` when it is a directory); returns the file."""
+    return write_json(report, path)

@@ -1,0 +1,164 @@
+"""The plan: what one boot runs, written by the host as plan.json and executed by the guest.
+
+Every random choice of a run derives from the one seed: `derive_seed(seed, name)` hashes the
+seed with a stable name (the run id, "device"), so a run's seed does not depend on which other
+runs share the matrix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbdfork.errors import ConfigError
+from nbdfork.files import write_atomic
+from nbdfork.harness.protocol import CONNECTS_PER_RUN, FIRST_PORT, GUEST_FORWARD_ADDR
+from nbdfork.seeds import derive_seed, new_seed
+
+__all__ = [
+    "CONNECTS_PER_RUN",
+    "FILESYSTEMS",
+    "FIRST_PORT",
+    "GUEST_FORWARD_ADDR",
+    "MKFS",
+    "MOUNT_OPTIONS",
+    "PLAN_SCHEMA",
+    "Plan",
+    "RunSpec",
+    "build_runs",
+    "derive_seed",
+    "new_seed",
+    "parse_list",
+    "run_id",
+]
+
+PLAN_SCHEMA = "nbdfork.plan/1"
+MKFS: dict[str, list[str]] = {
+    "ext4": ["mkfs.ext4", "-F", "-q", "-b", "4096"],
+    "xfs": ["mkfs.xfs", "-f", "-q"],
+    "btrfs": ["mkfs.btrfs", "-f", "-q"],
+}
+"""mkfs argv per filesystem (the device is appended). btrfs is the negative control: it waits
+for writeback on its own."""
+FILESYSTEMS = tuple(MKFS)
+MOUNT_OPTIONS: dict[str, list[str]] = {"ext4": ["noinit_itable"], "xfs": [], "btrfs": []}
+"""ext4 would otherwise zero its lazily initialised inode tables from a kernel thread during the
+workload: writes and CPU that are not the experiment's."""
+_STREAMS_PER_RUN = 64  # a run's writer threads use streams base .. base+63
+
+
+def run_id(fs: str, stable_writes: int, workload: str) -> str:
+    """`ext4-sw0-pwrite`: the run's name, directory and key in report.json."""
+    return f"{fs}-sw{stable_writes}-{workload}"
+
+
+def parse_list(option: str, text: str, allowed: tuple[str, ...]) -> list[str]:
+    """A comma-separated option value, each item checked against `allowed`; order kept."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ConfigError(option, "is empty")
+    for item in items:
+        if item not in allowed:
+            raise ConfigError(option, f"{item!r} is not one of {', '.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """One configuration of the matrix."""
+
+    id: str
+    fs: str
+    stable_writes: int
+    workload: str
+    seconds: float
+    seed: int
+    stream_base: int
+    mkfs: list[str]
+    mount_options: list[str] = field(default_factory=list)
+    workload_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything the guest needs; paths are absolute and valid in the guest (shared root)."""
+
+    out: str
+    project: str
+    python: str
+    venv: str
+    plugin: str
+    seed: int
+    device: dict[str, str]
+    runs: list[RunSpec]
+    modules_dir: str | None = None
+    mkfs_each_run: bool = False
+    sysctls: dict[str, str] = field(default_factory=dict)
+    nbd_device: str = "/dev/nbd0"
+    mountpoint: str = "/tmp/nbdfork-mnt"
+    socket: str = "/tmp/nbdfork-nbd.sock"
+    timeouts: dict[str, float] = field(default_factory=dict)
+    device_location: str = "guest"  # "host": nbdkit on the host, reached over qemu user net
+    nbd_host: str = GUEST_FORWARD_ADDR
+    nbd_ports: list[int] = field(default_factory=list)  # one guestfwd per NBD connection
+    schema: str = PLAN_SCHEMA
+
+    def connect_target(self, attempt: int) -> list[str]:
+        """nbd-client's address arguments for connection attempt `attempt` (0-based, counted
+        over the whole plan): a host device's forwards each carry ONE connection."""
+        if self.device_location == "host":
+            if attempt >= len(self.nbd_ports):
+                raise ConfigError("plan", f"no forward left for connection attempt {attempt + 1}")
+            return [self.nbd_host, str(self.nbd_ports[attempt])]
+        return ["-unix", self.socket]
+
+    def to_json(self) -> str:
+        """plan.json text."""
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    def write(self, path: Path) -> None:
+        """Write plan.json (atomically)."""
+        write_atomic(path, self.to_json().encode())
+
+    @classmethod
+    def read(cls, path: Path) -> Plan:
+        """Load a plan.json, checking its schema."""
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("schema") != PLAN_SCHEMA:
+            raise ConfigError("plan", f"{path}: schema {data.get('schema')!r} is not {PLAN_SCHEMA}")
+        data["runs"] = [RunSpec(**r) for r in data["runs"]]
+        return cls(**data)
+
+
+def build_runs(
+    *,
+    filesystems: list[str],
+    stable_writes: list[int],
+    workloads: list[str],
+    seconds: float,
+    seed: int,
+    workload_options: dict[str, Any] | None = None,
+) -> list[RunSpec]:
+    """The matrix fs x stable_writes x workload, in that nesting order."""
+    runs: list[RunSpec] = []
+    for fs in filesystems:
+        for sw in stable_writes:
+            for workload in workloads:
+                rid = run_id(fs, sw, workload)
+                runs.append(
+                    RunSpec(
+                        id=rid,
+                        fs=fs,
+                        stable_writes=sw,
+                        workload=workload,
+                        seconds=seconds,
+                        seed=derive_seed(seed, rid),
+                        stream_base=1 + len(runs) * _STREAMS_PER_RUN,
+                        mkfs=list(MKFS[fs]),
+                        mount_options=list(MOUNT_OPTIONS[fs]),
+                        workload_options=dict(workload_options or {}),
+                    )
+                )
+    return runs

@@ -1,0 +1,224 @@
+"""report.json: the runs of one `nbdfork run`, assembled from the files the guest left in OUT
+into the typed report of nbdfork.experiments.matrix.schema (which also writes and reads it).
+
+Per run the guest writes runs/<id>/result.json (steps, timings, its error), workload.json
+(latency and ledger), and the device's summary.json and events.jsonl for that run's connection.
+A run whose files are missing was cut short: vm_lost if the VM died, harness_error otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import msgspec
+
+from nbdfork import __version__
+from nbdfork.errors import ReportError
+from nbdfork.experiments.matrix.plan import Plan, RunSpec
+from nbdfork.experiments.matrix.schema import (
+    Durations,
+    GuestCpu,
+    HarnessTimings,
+    Histogram,
+    LatencySummary,
+    MatrixReport,
+    RunResult,
+    ServiceTime,
+    Workload,
+)
+from nbdfork.harness.guestdevice import collect_run
+from nbdfork.harness.protocol import Outcome
+from nbdfork.harness.steps import StepError
+
+__all__ = ["build_report", "outcome_of", "run_record", "run_records", "tool_versions"]
+
+T = TypeVar("T")
+_VERDICT_KEYS = {"torn": "torn_write", "stale": "stale_write", "overlapping": "overlapping_write"}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def outcome_of(
+    result: Mapping[str, Any] | None,
+    verdicts: Mapping[str, int],
+    missing: tuple[Outcome, str] | None = None,
+    *,
+    has_summary: bool = True,
+) -> tuple[Outcome, str | None]:
+    """The run's outcome and error from its result.json and verdict counts; `missing` says
+    what became of a run that left no result (the VM was lost, the guest failed before it)."""
+    if result is None:
+        return missing or (Outcome.HARNESS_ERROR, "the guest left no result for this run")
+    if result.get("status") == "skipped":
+        return Outcome.SKIPPED, str(result.get("error") or "skipped")
+    if result.get("status") != "ok":
+        return Outcome.HARNESS_ERROR, str(result.get("error") or "failed")
+    if not has_summary:
+        return Outcome.HARNESS_ERROR, "the device left no report for this run's connection"
+    if any(verdicts.values()):
+        return Outcome.VIOLATIONS, None
+    return Outcome.PASSED, None
+
+
+def _typed(kind: type[T], data: object, what: str) -> T | None:
+    """`data` (a file the guest or the device wrote) as `kind`; None when it is absent."""
+    if data is None:
+        return None
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise ReportError(f"{what}: {exc}") from None
+
+
+def run_record(
+    spec: RunSpec,
+    out: Path,
+    *,
+    kernel: str,
+    device: Mapping[str, Any],
+    missing: tuple[Outcome, str] | None = None,
+    collect_error: str | None = None,
+) -> RunResult:
+    """One entry of report.json's `runs`, from the run's directory."""
+    run_dir = out / "runs" / spec.id
+    result = _read_json(run_dir / "result.json")
+    found = _read_json(run_dir / "summary.json")
+    summary = found or {}
+    workload = _read_json(run_dir / "workload.json") or {}
+    counts = summary.get("counts") or {}
+    verdicts = {k: int(counts.get(v, 0)) for k, v in _VERDICT_KEYS.items()}
+    outcome, error = outcome_of(result, verdicts, missing, has_summary=found is not None)
+    if collect_error is not None and (result or {}).get("status") == "ok":
+        outcome, error = Outcome.HARNESS_ERROR, collect_error
+    durations = (result or {}).get("durations") or {}
+    latency = _typed(LatencySummary, workload.get("writer_latency_ms"), f"{run_dir}/workload.json")
+    hist = _typed(Histogram, workload.get("writer_latency_hist"), f"{run_dir}/workload.json")
+    return RunResult(
+        id=spec.id,
+        kernel=(result or {}).get("kernel") or kernel,
+        fs=spec.fs,
+        mkfs_options=tuple(spec.mkfs[1:]),
+        mkfs=(result or {}).get("mkfs"),
+        mount_options=tuple(spec.mount_options),
+        stable_writes=1 if spec.stable_writes else 0,
+        stable_writes_read=(result or {}).get("stable_writes_read"),
+        workload=cast(Workload, spec.workload),
+        workload_options=workload.get("config") or dict(spec.workload_options),
+        seconds=spec.seconds,
+        writes=int(summary.get("writes", 0)),
+        stamped_pages=int(summary.get("stamped_pages", 0)),
+        **verdicts,
+        writer_latency_ms=latency or LatencySummary.empty(),
+        device_write_service_ms=_typed(ServiceTime, summary.get("write_service_ms"),
+                                       f"{run_dir}/summary.json"),
+        device_write_sizes=summary.get("write_sizes"),
+        writer_latency_hist=hist or Histogram(),
+        writer_ops=int(workload.get("writer_ops", 0)),
+        outcome=outcome,
+        error=error,
+        seed=spec.seed,
+        device=dict(device),
+        guest_cpu=_typed(GuestCpu, (result or {}).get("cpu"), f"{run_dir}/result.json"),
+        durations=Durations(
+            **{k: float(durations.get(k) or 0.0) for k in ("setup_s", "workload_s", "teardown_s")}
+        ),
+        dir=f"runs/{spec.id}",
+    )  # fmt: skip
+
+
+def _version_of(argv: list[str]) -> str | None:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions of what a run depends on, for the record."""
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        vng: str | None = version("virtme-ng")
+    except Exception:
+        vng = None
+    nbdkit = _version_of(["nbdkit", "--version"])
+    return {
+        "nbdfork": __version__,
+        "nbdkit": nbdkit.split()[-1] if nbdkit else None,
+        "python": platform.python_version(),
+        "qemu": _version_of(["qemu-system-x86_64", "--version"]),
+        "virtme-ng": vng,
+    }
+
+
+def collect_host_runs(plan: Plan, report: Path) -> dict[str, str]:
+    """A host device's report cut into each run's summary.json and events.jsonl; the runs
+    whose connection left no report, with why (they become harness errors)."""
+    problems: dict[str, str] = {}
+    for spec in plan.runs:
+        run_dir = Path(plan.out) / "runs" / spec.id
+        record = _read_json(run_dir / "result.json")
+        if record is None or not record.get("connected_wall"):
+            continue
+        try:
+            collect_run(report, spec.id, run_dir, record, timeout=5.0)
+        except StepError as exc:
+            problems[spec.id] = f"{exc.step}: {exc}"
+    return problems
+
+
+def run_records(
+    plan: Plan,
+    *,
+    kernel: str,
+    missing: tuple[Outcome, str] | None = None,
+    collect_errors: Mapping[str, str] | None = None,
+) -> tuple[RunResult, ...]:
+    """Every run of `plan`, from the files the guest and the device left in its OUT; a run in
+    `collect_errors` (its device report could not be cut out) is a harness error."""
+    device = {k: v for k, v in plan.device.items() if k != "report"}
+    errors = collect_errors or {}
+    return tuple(run_record(s, Path(plan.out), kernel=kernel, device=device, missing=missing,
+                            collect_error=errors.get(s.id))
+                 for s in plan.runs)  # fmt: skip
+
+
+def build_report(
+    plan: Plan,
+    runs: tuple[RunResult, ...],
+    *,
+    kernel: str,
+    accel: str,
+    started: dt.datetime,
+    duration_s: float,
+    harness: HarnessTimings,
+    versions: Mapping[str, str | None],
+    extra: Mapping[str, Any] | None = None,
+) -> MatrixReport:
+    """report.json's content: `runs` (from run_records) and how they ran; `extra` holds the
+    session's further MatrixReport fields."""
+    return MatrixReport(
+        kernel=kernel,
+        accel=accel,
+        seed=plan.seed,
+        started=started.isoformat(timespec="seconds"),
+        duration_s=round(duration_s, 3),
+        harness=harness,
+        versions=dict(versions),
+        runs=runs,
+        **(extra or {}),
+    )

@@ -1,0 +1,184 @@
+"""The results of a real-kernel matrix run: `OUT/report.json` (`nbdfork.run/1`), defined once.
+
+These msgspec structures are what the harness builds (vm/results.py), what `write_report`
+encodes and what `load_report` decodes and validates: a bad file is one `ReportError` naming
+the file and the field. Fields added since the first release have defaults, so older reports
+still load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from nbdfork.harness.protocol import Outcome
+from nbdfork.report.codec import REPORT_FILE, Record, read_json, write_json
+from nbdfork.report.measures import Count, Histogram, JSONValue, LatencySummary, ServiceTime
+
+__all__ = [
+    "REPORT_FILE",
+    "SCHEMA",
+    "Count",
+    "Durations",
+    "GuestCpu",
+    "HarnessTimings",
+    "Histogram",
+    "JSONValue",
+    "KernelInfo",
+    "LatencySummary",
+    "MatrixReport",
+    "Outcome",
+    "RunResult",
+    "ServiceTime",
+    "VMShape",
+    "Workload",
+    "load_report",
+    "write_report",
+]
+
+SCHEMA = "nbdfork.run/1"
+
+Workload = Literal["pwrite", "mmap", "odirect", "odirect_inflight", "atomic"]
+
+
+class Durations(Record, frozen=True, kw_only=True):
+    """Wall-clock seconds of one configuration's stages inside the guest."""
+
+    setup_s: float = 0.0
+    workload_s: float = 0.0
+    teardown_s: float = 0.0
+
+
+class GuestCpu(Record, frozen=True, kw_only=True):
+    """CPU the guest spent during the workload (TCG makes it the scarce resource)."""
+
+    workload_cpu_s: float | None = None
+    nbdkit_cpu_s: float | None = None
+    guest_busy_fraction: float | None = None
+
+
+class RunResult(Record, frozen=True, kw_only=True):
+    """One configuration (fs x stable_writes x workload) of a matrix run and what the oracle saw."""
+
+    id: str
+    kernel: str
+    fs: str
+    mkfs_options: str | tuple[str, ...]  # an argv list, or one command line (older reports)
+    stable_writes: Literal[0, 1]
+    workload: Workload
+    seconds: float
+    writes: Count
+    stamped_pages: Count
+    torn: Count
+    stale: Count
+    overlapping: Count
+    writer_latency_ms: LatencySummary
+    writer_latency_hist: Histogram
+    writer_ops: Count
+    outcome: Outcome
+    error: str | None
+    seed: int
+    device: dict[str, Any]
+    durations: Durations
+    dir: str
+    mkfs: str | None = None  # "fresh" or "reused"
+    mount_options: tuple[str, ...] = ()
+    stable_writes_read: int | None = None  # what the queue attribute read back
+    workload_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    device_write_service_ms: ServiceTime | None = None
+    device_write_sizes: dict[str, Count] | None = None  # WRITE bytes -> how many
+    guest_cpu: GuestCpu | None = None
+
+    @property
+    def completed(self) -> bool:
+        """True when the workload ran to the end, so its counts are a measurement."""
+        return self.outcome in ("passed", "violations")
+
+    @property
+    def mkfs_command(self) -> str:
+        """The mkfs options as one line for humans."""
+        opts = self.mkfs_options
+        return opts if isinstance(opts, str) else " ".join(opts)
+
+    @property
+    def device_service_p99_ms(self) -> float | None:
+        """p99 of the device's WRITE service time (None before the host device recorded it)."""
+        service = self.device_write_service_ms
+        return None if service is None else service.p99
+
+
+class HarnessTimings(Record, frozen=True, kw_only=True):
+    """The harness's fixed costs: VM boot and overhead per configuration beyond the workload."""
+
+    boot_s: float
+    per_config_overhead_s: tuple[float, ...]
+    host_device_start_s: float | None = None
+    vm_boot_s: float | None = None
+    device_start_s: float | None = None
+    shutdown_s: float | None = None
+    per_kernel: dict[str, HarnessTimings] | None = None  # a report of several kernels
+
+
+class KernelInfo(Record, frozen=True, kw_only=True):
+    """Where the booted kernel came from."""
+
+    release: str
+    image: str
+    modules: str | None = None
+    source: str = ""
+    series: str | None = None
+    packages: dict[str, str] = msgspec.field(default_factory=dict)
+    suite: str | None = None
+    fetched: str | None = None
+
+
+class VMShape(Record, frozen=True, kw_only=True):
+    cpus: int
+    memory: str
+
+
+class MatrixReport(Record, frozen=True, kw_only=True):
+    """One command's matrix (one boot per kernel): where and how it ran, and every result."""
+
+    schema: str = SCHEMA  # first in the file, so a reader sees at once what it holds
+    kernel: str
+    accel: str
+    seed: int
+    started: str
+    duration_s: float
+    harness: HarnessTimings
+    versions: dict[str, str | None]
+    runs: tuple[RunResult, ...] = ()
+    device_location: str = "guest"  # reports before the host device ran it in the guest
+    transport: str = ""
+    sysctls: dict[str, str] = msgspec.field(default_factory=dict)
+    mode: str = "vm"
+    nbdkit_threads: int | None = None
+    guest_sysctls_read: dict[str, str] = msgspec.field(default_factory=dict)
+    accel_reason: str | None = None
+    kernels: tuple[str, ...] = ()  # in the order they booted (a report of several kernels)
+    # One kernel's details, or (a report of several kernels) each one's, in boot order.
+    kernel_info: KernelInfo | tuple[KernelInfo | None, ...] | None = None
+    vm: VMShape | None = None
+    vm_lost: str | None = None
+    plan: str | None = None
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for i, run in enumerate(self.runs):
+            if run.id in seen:
+                raise ValueError(f"runs[{i}].id: duplicate run id {run.id!r}")
+            seen.add(run.id)
+
+
+
+def load_report(path: Path) -> MatrixReport:
+    """Read and validate a report.json (or the report directory holding one)."""
+    return read_json(path, MatrixReport, SCHEMA)
+
+
+def write_report(report: MatrixReport, path: Path) -> Path:
+    """Write `report` as report.json (into `path` when it is a directory); returns the file."""
+    return write_json(report, path)
