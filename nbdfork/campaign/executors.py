@@ -4,9 +4,9 @@ Both executors give the orchestrator the same thing for a cell: its result direc
 (DIR/cells/<id>/ with cell.log and the subcommand's report) and a CellOutcome. The local one
 starts `nbdfork KIND ... --out CELLDIR` with asyncio in its own process group (so qemu and
 nbdkit children die with it) and streams its output line by line into cell.log through
-aiofiles. The Ray one runs the same argv inside a Ray task on a worker, which returns its
-result directory as a tar.gz: workers share no filesystem with the driver. Ray is imported
-only by RayExecutor (the optional extra `.[ray]`).
+aiofiles. The Ray one runs the same argv inside a Ray task on a worker, in a directory of
+that node's own (its TMPDIR), and returns the directory as a tar.gz: workers share no
+filesystem with the driver. Ray is imported only by RayExecutor (the optional extra `.[ray]`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -116,7 +116,7 @@ def memory_bytes() -> int:
 def default_jobs(cells: Sequence[Cell]) -> int:
     """Cells at once on this machine: VM cells by cores/2 and memory/3 GiB, others min(cores, 4)."""
     cores = os.cpu_count() or 1
-    if any(c.kind in ("run", "crash") for c in cells):
+    if any(c.cpus > 1 for c in cells):  # a VM cell
         return max(1, min(cores // 2, memory_bytes() // (3 << 30)))
     return max(1, min(cores, 4))
 
@@ -232,7 +232,11 @@ async def _pump(
 
 def run_cell_here(cell_id: str, argv: Sequence[str], timeout: float | None,
                   ok_statuses: Sequence[int]) -> dict[str, Any]:  # fmt: skip
-    """The body of a Ray task: run the cell in a temp dir; return its outcome and a tar.gz."""
+    """The body of a Ray task: run the cell in a temp dir; return its outcome and a tar.gz.
+    Its node is the host and the Ray node id: several raylets can share a host."""
+    import ray  # noqa: PLC0415 - this runs only on a Ray worker
+
+    node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="nbdfork-cell-") as tmp:
         out = Path(tmp) / safe_name(cell_id)
@@ -246,7 +250,7 @@ def run_cell_here(cell_id: str, argv: Sequence[str], timeout: float | None,
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             tar.add(out, arcname=".")
         return {"exit_status": status, "error": None if ok else error, "ok": ok,
-                "duration_s": time.monotonic() - started, "node": socket.gethostname(),
+                "duration_s": time.monotonic() - started, "node": node,
                 "tar": buffer.getvalue()}  # fmt: skip
 
 
@@ -300,8 +304,9 @@ def _unpack(data: bytes, directory: Path) -> None:
 
 
 class RayExecutor:
-    """Each cell a Ray task (num_cpus 2 and memory for VM cells, 1 CPU otherwise), retried
-    when its node or worker is lost; the driver unpacks each returned tar.gz into the cell dir."""
+    """Each cell a Ray task (num_cpus 2 and memory for VM cells, 1 CPU otherwise, plus the
+    custom resources its spec group names), retried when its node or worker is lost; the
+    driver unpacks each returned tar.gz into the cell dir."""
 
     name = "ray"
     MAX_RETRIES = 3
@@ -330,6 +335,10 @@ class RayExecutor:
                                    "name": cell.id}  # fmt: skip
         if cell.cpus > 1:  # a VM cell: reserve its memory too
             options["memory"] = cell.memory
+        if cell.resources:
+            if unplaceable := await asyncio.to_thread(self._unplaceable, cell.resources):
+                return CellOutcome(None, unplaceable, time.monotonic() - started, "?", False)
+            options["resources"] = dict(cell.resources)
         ref = self._remote.options(**options).remote(
             cell.id, list(cell.argv), cell.timeout, list(cell.ok_statuses)
         )
@@ -347,6 +356,13 @@ class RayExecutor:
         await asyncio.to_thread(_unpack, result["tar"], directory)
         return CellOutcome(result["exit_status"], result["error"], float(result["duration_s"]),
                            str(result["node"]), bool(result["ok"]))  # fmt: skip
+
+    def _unplaceable(self, resources: Mapping[str, float]) -> str | None:
+        """Why no live node has `resources` (Ray would queue such a task forever), or None."""
+        nodes = [n["Resources"] for n in self._ray.nodes() if n.get("Alive")]
+        if any(all(n.get(k, 0.0) >= v for k, v in resources.items()) for n in nodes):
+            return None
+        return "ray: no live node has " + ", ".join(f"{k}={v:g}" for k, v in resources.items())
 
     def close(self) -> None:
         """Disconnect from (or stop) the Ray runtime."""

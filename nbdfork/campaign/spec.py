@@ -19,6 +19,8 @@ changes another cell's seed.
     [cells.options]               # the same for every cell of the group
     seconds = 10
     device = ["size=512M", "write-latency=2ms"]
+    [cells.resources]             # Ray custom resources each cell asks for (placement)
+    kvm = 1
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +61,10 @@ NBDFORK = "nbdfork"
 
 _RESERVED = {"out": "set by the campaign", "seed": "derived per cell (use the `seed` axis)",
              "seeds": "one seed per cell (use `seeds = N` in the [[cells]] table)"}
-_GROUP_KEYS = {"kind", "name", "axes", "options", "seeds", "timeout"}
+_GROUP_KEYS = {"kind", "name", "axes", "options", "seeds", "timeout", "resources"}
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._,:+=@%-]")
+_RAY_OWN = ("CPU", "GPU", "memory", "object_store_memory")  # built-in, not custom resources
+_RAY_UNIT = 1e-4  # the smallest amount of a resource Ray schedules
 GiB = 1 << 30
 
 
@@ -74,6 +79,9 @@ class Cell:
     argv: tuple[str, ...]  # NBDFORK and OUT are resolved where the cell runs
     ok_statuses: tuple[int, ...]  # exit statuses that mean `done` (run/crash: violations)
     timeout: float | None = None
+    # Ray custom resources the cell's task asks for: where it may run, not what it computes,
+    # so not part of its key. The local executor runs every cell here and ignores them.
+    resources: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def cpus(self) -> int:
@@ -183,6 +191,22 @@ def _axes(group: Mapping[str, Any], where: str) -> dict[str, list[object]]:
     return result
 
 
+def _validate_resources(value: object, where: str) -> dict[str, float]:
+    """A group's `resources` table: Ray custom resource names, each a finite positive amount."""
+    table = _table(value, where)
+    for name, amount in table.items():
+        if not name.strip():
+            raise ConfigError(where, "a resource name must be a non-empty string")
+        if name in _RAY_OWN:
+            raise ConfigError(f"{where}.{name}", "is Ray's own (the executor asks for CPUs and "
+                              "memory from the cell's kind); name a custom resource")  # fmt: skip
+        if (not isinstance(amount, int | float) or isinstance(amount, bool)
+                or not math.isfinite(amount) or amount < _RAY_UNIT):  # fmt: skip
+            raise ConfigError(f"{where}.{name}",
+                              f"{amount!r} must be a finite number of at least {_RAY_UNIT:g}")
+    return {name: float(amount) for name, amount in table.items()}
+
+
 def _expand(group: Mapping[str, Any], index: int, campaign_seed: int) -> list[Cell]:
     where = f"cells[{index}]"
     _only(group, _GROUP_KEYS, f"{where}.")
@@ -196,6 +220,7 @@ def _expand(group: Mapping[str, Any], index: int, campaign_seed: int) -> list[Ce
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
         raise ConfigError(f"{where}.timeout", f"{timeout!r} must be a positive number of seconds")
     axes = _axes(group, where)
+    resources = _validate_resources(group.get("resources", {}), f"{where}.resources")
     options = _table(group.get("options", {}), f"{where}.options")
     overlap = sorted(set(axes) & set(options))
     if overlap:
@@ -212,13 +237,13 @@ def _expand(group: Mapping[str, Any], index: int, campaign_seed: int) -> list[Ce
             if rep is not None:
                 values["seed"] = rep
             cells.append(_cell(kind, prefix, values, options, campaign_seed=campaign_seed,
-                               timeout=timeout, where=where))
+                               timeout=timeout, resources=resources, where=where))
     return cells
 
 
 def _cell(
     kind: str, prefix: str, values: Mapping[str, object], options: Mapping[str, Any], *,
-    campaign_seed: int, timeout: float | None, where: str,
+    campaign_seed: int, timeout: float | None, resources: Mapping[str, float], where: str,
 ) -> Cell:  # fmt: skip
     shown = {a: _scalar(v, f"{where}.axes.{a}") for a, v in values.items()}
     parts = [f"{a}={_ID_UNSAFE.sub('_', v)}" for a, v in shown.items()]
@@ -227,7 +252,8 @@ def _cell(
     settings = {a: v for a, v in values.items() if a != "seed"} | dict(options)
     argv = _argv(kind, settings, seed=seed, cell_id=cell_id, shown=shown, where=where)
     ok = (0,) if kind == EXEC else experiment(kind).ok_statuses
-    return Cell(cell_id, kind, shown, seed, argv, ok, None if timeout is None else float(timeout))
+    return Cell(cell_id, kind, shown, seed, argv, ok,
+                None if timeout is None else float(timeout), resources)  # fmt: skip
 
 
 def _argv(
