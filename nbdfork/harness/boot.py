@@ -36,6 +36,7 @@ __all__ = [
     "VMRun",
     "find_vng",
     "forward_opts",
+    "forwards_opts",
     "guest_argv",
     "parse_marker",
     "run_vm",
@@ -101,16 +102,21 @@ class VMConfig:
 
 
 def forward_opts(socket: Path, ports: list[int], addr: str) -> tuple[str, ...]:
+    """qemu arguments for the guest's one network with every port forwarded to `socket`."""
+    return forwards_opts([(port, socket) for port in ports], addr)
+
+
+def forwards_opts(forwards: list[tuple[int, Path]], addr: str) -> tuple[str, ...]:
     """qemu arguments for the guest's one network: user mode with `restrict=on` (the guest
     reaches nothing, the host opens no port) and one `guestfwd` per NBD connection, each into
-    the device's unix socket. A guestfwd's chardev is connected once, when qemu starts, and
+    a device's unix socket. A guestfwd's chardev is connected once, when qemu starts, and
     carries one TCP session: a second nbd-client through the same forward hangs in
     negotiation, so every connection the plan may make gets its own port."""
-    text = str(socket)
-    if any(c in text for c in ", \t\n"):
-        raise VMError(f"{socket}: a socket path for qemu must not contain commas or spaces")
-    forwards = "".join(f",guestfwd=tcp:{addr}:{port}-unix:{text}" for port in ports)
-    netdev = f"user,id=nbdnet,restrict=on{forwards}"
+    for _, socket in forwards:
+        if any(c in str(socket) for c in ", \t\n"):
+            raise VMError(f"{socket}: a socket path for qemu must not contain commas or spaces")
+    text = "".join(f",guestfwd=tcp:{addr}:{port}-unix:{socket}" for port, socket in forwards)
+    netdev = f"user,id=nbdnet,restrict=on{text}"
     return ("-netdev", netdev, "-device", "virtio-net-pci,netdev=nbdnet")
 
 

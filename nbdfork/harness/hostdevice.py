@@ -15,21 +15,38 @@ from pathlib import Path
 
 from nbdfork.harness import nbdkit as launch
 from nbdfork.harness.protocol import DevicePlan
+from nbdfork.seeds import derive_seed
 
-__all__ = ["GUEST_SYSCTLS_FILE", "HostDevice", "read_sysctls"]
+__all__ = ["GUEST_SYSCTLS_FILE", "HostDevice", "read_sysctls", "report_dir"]
 
 GUEST_SYSCTLS_FILE = "guest-sysctls.json"
 _START_TIMEOUT = 120.0
 
 
-class HostDevice:
-    """nbdkit + plugin on the host for one plan; OUT/device is its report directory."""
+def report_dir(out: Path, device: int) -> Path:
+    """Where device `device` of a plan reports: OUT/device, OUT/device-1, OUT/device-2 ..."""
+    return out / ("device" if device == 0 else f"device-{device}")
 
-    def __init__(self, plan: DevicePlan, socket: Path, start_s: float) -> None:
+
+class HostDevice:
+    """nbdkit + plugin on the host for one plan: one server per device of the plan (a storage
+    stack of N devices needs N media, each with its own oracle and report directory)."""
+
+    def __init__(self, plan: DevicePlan, sockets: list[Path], start_s: float) -> None:
         self.plan = plan
-        self.report = Path(plan.out) / "device"
-        self.socket = socket
-        self.start_s = start_s  # how long nbdkit took to listen
+        self.sockets = sockets
+        self.reports = [report_dir(Path(plan.out), d) for d in range(len(sockets))]
+        self.start_s = start_s  # how long the slowest nbdkit took to listen
+
+    @property
+    def socket(self) -> Path:
+        """The first device's socket."""
+        return self.sockets[0]
+
+    @property
+    def report(self) -> Path:
+        """The first device's report directory."""
+        return self.reports[0]
 
     @classmethod
     @contextlib.contextmanager
@@ -38,14 +55,21 @@ class HostDevice:
         if plan.device_location != "host":
             yield None
             return
-        report = Path(plan.out) / "device"
-        report.mkdir(parents=True, exist_ok=True)
-        params = {"size": "512M", **plan.device, "report": str(report)}
-        with launch.private_server(
-            params, log=report / "nbdkit.log", threads=threads, plugin=plan.plugin,
-            env=launch.plugin_env(plan.venv), timeout=_START_TIMEOUT,
-        ) as (socket, start_s):  # fmt: skip
-            yield cls(plan, socket, start_s)
+        with contextlib.ExitStack() as stack:
+            sockets, slowest = [], 0.0
+            for device in range(max(1, plan.devices)):
+                report = report_dir(Path(plan.out), device)
+                report.mkdir(parents=True, exist_ok=True)
+                params = {"size": "512M", **plan.device, "report": str(report)}
+                if device:  # each medium its own seeded schedule
+                    params["seed"] = str(derive_seed(int(params.get("seed", 0)), f"dev{device}"))
+                socket, start_s = stack.enter_context(launch.private_server(
+                    params, log=report / "nbdkit.log", threads=threads, plugin=plan.plugin,
+                    env=launch.plugin_env(plan.venv), timeout=_START_TIMEOUT,
+                ))  # fmt: skip
+                sockets.append(socket)
+                slowest = max(slowest, start_s)
+            yield cls(plan, sockets, slowest)
 
 
 def read_sysctls(out: Path) -> dict[str, str]:

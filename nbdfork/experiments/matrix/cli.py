@@ -38,6 +38,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         filesystems=args.fs,
         stable_writes=args.stable_writes,
         workloads=args.workload,
+        stacks=args.stack,
         seconds=args.seconds,
         seed=args.seed,
         device={**DEFAULT_DEVICE, **dict(args.device)},

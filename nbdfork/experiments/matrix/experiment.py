@@ -7,6 +7,7 @@ import re
 
 from nbdfork.errors import ConfigError
 from nbdfork.experiments.matrix.plan import FILESYSTEMS, parse_list
+from nbdfork.experiments.stacks.catalogue import STACKS, parse_stacks
 from nbdfork.harness.experiment import Experiment, ReportKind
 from nbdfork.options import (
     Option,
@@ -47,6 +48,14 @@ def _stable_writes(option: str, text: str) -> tuple[int, ...]:
     return tuple(int(s) for s in parse_list(option, text, ("0", "1")))
 
 
+def _stacks(option: str, text: str) -> tuple[str, ...]:
+    try:
+        specs = parse_stacks(text)
+    except ConfigError as exc:
+        raise ConfigError(option, exc.problem) from None
+    return tuple(dict.fromkeys(s.label for s in specs))
+
+
 def _pair(option: str, text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -75,6 +84,9 @@ OPTIONS: tuple[Option, ...] = (
            "the image)", parse=parse_path, metavar="DIR"),
     Option("fs", f"filesystems, from {','.join(FILESYSTEMS)}", parse=_list_of(FILESYSTEMS),
            default=("ext4", "xfs")),
+    Option("stack", "storage stacks between the filesystem and the devices, comma-separated: "
+           f"{', '.join(STACKS)}; modes as dm-integrity:D, md-raid5:skip_copy (default plain)",
+           parse=_stacks, default=("plain",), metavar="STACK"),
     Option("stable_writes", "stable_writes settings", parse=_stable_writes, default=(0, 1),
            metavar="0,1"),
     Option("workload", f"workloads, from {','.join(WORKLOADS)}",

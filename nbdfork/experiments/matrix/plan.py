@@ -12,7 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from nbdfork.errors import ConfigError
+from nbdfork.experiments.stacks.catalogue import STACKS, StackSpec, parse_stack
 from nbdfork.files import write_atomic
 from nbdfork.harness.protocol import CONNECTS_PER_RUN, FIRST_PORT, GUEST_FORWARD_ADDR
 from nbdfork.seeds import derive_seed, new_seed
@@ -32,6 +35,8 @@ __all__ = [
     "new_seed",
     "parse_list",
     "run_id",
+    "stack_id",
+    "STACK_MODULES",
 ]
 
 PLAN_SCHEMA = "nbdfork.plan/1"
@@ -79,6 +84,8 @@ class RunSpec:
     mkfs: list[str]
     mount_options: list[str] = field(default_factory=list)
     workload_options: dict[str, Any] = field(default_factory=dict)
+    stack: str = "plain"  # the storage stack between the filesystem and the devices
+    devices: int = 1  # nbdfork devices the stack is built on (/dev/nbd0 .. nbdN-1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,16 +110,28 @@ class Plan:
     device_location: str = "guest"  # "host": nbdkit on the host, reached over qemu user net
     nbd_host: str = GUEST_FORWARD_ADDR
     nbd_ports: list[int] = field(default_factory=list)  # one guestfwd per NBD connection
+    devices: int = 1  # device servers: the most any run's stack needs
     schema: str = PLAN_SCHEMA
 
-    def connect_target(self, attempt: int) -> list[str]:
+    @property
+    def ports_per_device(self) -> int:
+        """Forwards of each device: device d has nbd_ports[d * this : (d + 1) * this]."""
+        return len(self.nbd_ports) // max(1, self.devices)
+
+    def connect_target(self, attempt: int, device: int = 0) -> list[str]:
         """nbd-client's address arguments for connection attempt `attempt` (0-based, counted
-        over the whole plan): a host device's forwards each carry ONE connection."""
+        over the whole plan) to device `device`: a host device's forwards each carry ONE
+        connection; a device in the guest listens on socket, socket.1, socket.2 ..."""
         if self.device_location == "host":
-            if attempt >= len(self.nbd_ports):
+            per = self.ports_per_device
+            if attempt >= per:
                 raise ConfigError("plan", f"no forward left for connection attempt {attempt + 1}")
-            return [self.nbd_host, str(self.nbd_ports[attempt])]
-        return ["-unix", self.socket]
+            return [self.nbd_host, str(self.nbd_ports[device * per + attempt])]
+        return ["-unix", self.device_socket(device)]
+
+    def device_socket(self, device: int) -> str:
+        """The unix socket of device `device` when the devices run in the guest."""
+        return self.socket if device == 0 else f"{self.socket}.{device}"
 
     def to_json(self) -> str:
         """plan.json text."""
@@ -128,8 +147,22 @@ class Plan:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("schema") != PLAN_SCHEMA:
             raise ConfigError("plan", f"{path}: schema {data.get('schema')!r} is not {PLAN_SCHEMA}")
-        data["runs"] = [RunSpec(**r) for r in data["runs"]]
-        return cls(**data)
+        try:
+            return msgspec.convert(data, cls)
+        except msgspec.ValidationError as exc:
+            raise ConfigError("plan", f"{path}: {exc}") from None
+
+
+STACK_MODULES: dict[str, tuple[str, ...]] = {
+    "plain": (), "btrfs": ("btrfs",), "btrfs-raid1": ("btrfs",), "md-raid1": ("raid1",),
+    "md-raid5": ("raid456",), "dm-integrity": ("dm-integrity",),
+}  # fmt: skip
+"""Kernel modules each stack loads in the guest (beyond nbd and the filesystem)."""
+
+
+def stack_id(stack: str) -> str:
+    """A stack label as it appears in a run id: `md-raid5:skip_copy` -> `md-raid5.skip_copy`."""
+    return stack.replace(":", ".")
 
 
 def build_runs(
@@ -140,25 +173,34 @@ def build_runs(
     seconds: float,
     seed: int,
     workload_options: dict[str, Any] | None = None,
+    stacks: list[StackSpec] | None = None,
 ) -> list[RunSpec]:
-    """The matrix fs x stable_writes x workload, in that nesting order."""
+    """The matrix stack x fs x stable_writes x workload, in that nesting order. The plain
+    stack keeps the ids it always had (`ext4-sw0-pwrite`); a stack that is its own
+    filesystem (btrfs) runs once whatever --fs says."""
     runs: list[RunSpec] = []
-    for fs in filesystems:
-        for sw in stable_writes:
-            for workload in workloads:
-                rid = run_id(fs, sw, workload)
-                runs.append(
-                    RunSpec(
-                        id=rid,
-                        fs=fs,
-                        stable_writes=sw,
-                        workload=workload,
-                        seconds=seconds,
-                        seed=derive_seed(seed, rid),
-                        stream_base=1 + len(runs) * _STREAMS_PER_RUN,
-                        mkfs=list(MKFS[fs]),
-                        mount_options=list(MOUNT_OPTIONS[fs]),
-                        workload_options=dict(workload_options or {}),
+    for stack in stacks or [parse_stack("plain")]:
+        own = STACKS[stack.name].filesystem
+        for fs in [own] if own else filesystems:
+            for sw in stable_writes:
+                for workload in workloads:
+                    rid = run_id(fs, sw, workload)
+                    if stack.name != "plain":
+                        rid = f"{stack_id(stack.label)}-{rid}"
+                    runs.append(
+                        RunSpec(
+                            id=rid,
+                            fs=fs,
+                            stable_writes=sw,
+                            workload=workload,
+                            seconds=seconds,
+                            seed=derive_seed(seed, rid),
+                            stream_base=1 + len(runs) * _STREAMS_PER_RUN,
+                            mkfs=list(MKFS[fs]),
+                            mount_options=list(MOUNT_OPTIONS[fs]),
+                            workload_options=dict(workload_options or {}),
+                            stack=stack.label,
+                            devices=stack.devices,
+                        )
                     )
-                )
     return runs

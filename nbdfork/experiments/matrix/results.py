@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import platform
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -165,19 +165,29 @@ def tool_versions() -> dict[str, str | None]:
     }
 
 
-def collect_host_runs(plan: Plan, report: Path) -> dict[str, str]:
-    """A host device's report cut into each run's summary.json and events.jsonl; the runs
-    whose connection left no report, with why (they become harness errors)."""
+def device_dir(run_dir: Path, device: int) -> Path:
+    """Where a run keeps device `device`'s share of the reports: the run's own directory for
+    the first device, DIR/device-N for the others of a stack."""
+    return run_dir if device == 0 else run_dir / f"device-{device}"
+
+
+def collect_host_runs(plan: Plan, reports: Sequence[Path]) -> dict[str, str]:
+    """The host devices' reports cut into each run's summary.json and events.jsonl (one pair
+    per device of its stack); the runs whose connection left no report, with why (they
+    become harness errors)."""
     problems: dict[str, str] = {}
     for spec in plan.runs:
         run_dir = Path(plan.out) / "runs" / spec.id
         record = _read_json(run_dir / "result.json")
         if record is None or not record.get("connected_wall"):
             continue
-        try:
-            collect_run(report, spec.id, run_dir, record, timeout=5.0)
-        except StepError as exc:
-            problems[spec.id] = f"{exc.step}: {exc}"
+        for device in range(spec.devices):
+            target = device_dir(run_dir, device)
+            target.mkdir(parents=True, exist_ok=True)
+            try:
+                collect_run(reports[device], spec.id, target, record, timeout=5.0)
+            except StepError as exc:
+                problems.setdefault(spec.id, f"{exc.step}: device {device}: {exc}")
     return problems
 
 

@@ -31,6 +31,7 @@ from nbdfork.experiments.matrix.plan import (
     CONNECTS_PER_RUN,
     FILESYSTEMS,
     FIRST_PORT,
+    STACK_MODULES,
     Plan,
     build_runs,
 )
@@ -48,11 +49,12 @@ from nbdfork.experiments.matrix.schema import (
     VMShape,
     write_report,
 )
+from nbdfork.experiments.stacks.catalogue import STACKS, parse_stack
 from nbdfork.harness.boot import (
     VMConfig,
     VMRun,
     find_vng,
-    forward_opts,
+    forwards_opts,
     guest_argv,
     run_vm,
     vm_timeouts,
@@ -119,6 +121,7 @@ class RunOptions:
     filesystems: tuple[str, ...] = ("ext4", "xfs")
     stable_writes: tuple[int, ...] = (0, 1)
     workloads: tuple[str, ...] = ("pwrite",)
+    stacks: tuple[str, ...] = ("plain",)
     seconds: float = 10.0
     seed: int | None = None
     device: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_DEVICE))
@@ -148,6 +151,10 @@ class RunOptions:
             raise ConfigError("--device-location", f"{self.device_location!r} is not host or guest")
         if self.nbdkit_threads is not None and not 1 <= self.nbdkit_threads <= 1024:
             raise ConfigError("--nbdkit-threads", f"{self.nbdkit_threads} must be in [1, 1024]")
+        stacks = [parse_stack(s) for s in self.stacks]
+        if self.device_location == "guest" and any(s.devices > 1 for s in stacks):
+            raise ConfigError("--stack", "a stack of several devices needs the devices on the "
+                              "host (--device-location host)")  # fmt: skip
         if self.no_vm and (self.kernel or self.modules):
             raise ConfigError("--no-vm", "runs this host's kernel: --kernel/--modules do not apply")
         unknown = sorted(set(self.workload_options) - _WORKLOAD_KNOBS)
@@ -243,7 +250,10 @@ class RunSession:
         if opts.no_vm:
             _check_host_nbd()
         else:
-            needs = needed_modules(opts.filesystems)
+            stacks = {parse_stack(s).name for s in opts.stacks}
+            own = {STACKS[s].filesystem for s in stacks} - {None}
+            extra = [m for s in sorted(stacks) for m in STACK_MODULES[s]]
+            needs = [*needed_modules(opts.filesystems), *sorted(f for f in own if f), *extra]
             self.kernel = find_kernel(opts.kernel, modules=opts.modules)
             validate_kernel(self.kernel, needs=needs)
             self.accel, self.accel_reason = detect_accel(self.kernel.image, requested=opts.accel)
@@ -264,15 +274,17 @@ class RunSession:
                 seconds=opts.seconds,
                 seed=seed,
                 workload_options=dict(opts.workload_options),
+                stacks=[parse_stack(s) for s in opts.stacks],
             ),
             modules_dir=self._modules_dir(),
             mkfs_each_run=opts.mkfs_each_run,
             sysctls=self.guest_sysctls(),
             device_location=self.device_location,
         )
-        ports = len(self.plan.runs) * CONNECTS_PER_RUN if self.device_location == "host" else 0
+        devices = max(r.devices for r in self.plan.runs)
+        per = len(self.plan.runs) * CONNECTS_PER_RUN if self.device_location == "host" else 0
         self.plan = dataclasses.replace(
-            self.plan, nbd_ports=[FIRST_PORT + i for i in range(ports)]
+            self.plan, devices=devices, nbd_ports=[FIRST_PORT + i for i in range(per * devices)]
         )
         self.plan.write(out / "plan.json")
         return self.plan
@@ -320,7 +332,7 @@ class RunSession:
                 timeouts=self._timeouts(),
                 on_event=self.on_event,
             )
-        collect_errors = collect_host_runs(plan, host.report) if host is not None else {}
+        collect_errors = collect_host_runs(plan, host.reports) if host is not None else {}
         runs = run_records(plan, kernel=self._kernel_release(), missing=self._missing(),
                            collect_errors=collect_errors)  # fmt: skip
         report = build_report(
@@ -347,7 +359,9 @@ class RunSession:
         accel: Accel = "kvm" if self.accel == "kvm" else "tcg"
         qemu_opts: tuple[str, ...] = ()
         if self.host is not None:
-            qemu_opts = forward_opts(self.host.socket, plan.nbd_ports, plan.nbd_host)
+            per, sockets = plan.ports_per_device, self.host.sockets
+            forwards = [(port, sockets[i // per]) for i, port in enumerate(plan.nbd_ports)]
+            qemu_opts = forwards_opts(forwards, plan.nbd_host)
         config = VMConfig(self.kernel, accel, self.options.cpus, self.options.memory, find_vng(),
                           qemu_opts)  # fmt: skip
         return vng_argv(config, Path(plan.out), command)
