@@ -1,0 +1,146 @@
+"""Formats of other writers: real blocks from real tools (fio, mkfs, debugfs, a mounted fs)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from nbdfork.errors import ConfigError
+from nbdfork.oracle.formats import FORMATS, FormatBlock, Verdict, formats_for
+from nbdfork.oracle.formats.base import BlockFormat
+from nbdfork.oracle.formats.fio import FioFormat
+
+GOLDEN = Path(__file__).parent / "golden" / "formats"
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def run(argv: Sequence[str]) -> str:
+    """Run a tool (failing the test with its stderr if it fails); its stdout."""
+    tool = shutil.which(argv[0])
+    if tool is None:
+        pytest.fail(f"{argv[0]} is not installed: run scripts/setup")
+    proc = subprocess.run([tool, *argv[1:]], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def scan_image(fmt: BlockFormat, image: bytes, chunk: int = 128 * KiB) -> list[FormatBlock]:
+    """Every block `fmt` finds when `image` arrives as WRITEs of `chunk` bytes, in order."""
+    view = memoryview(image)
+    offsets = range(0, len(image), chunk)
+    return [b for off in offsets for b in fmt.scan(view[off : off + chunk], off)]
+
+
+def flipped(data: bytes, at: int) -> bytes:
+    """`data` with the byte at `at` inverted."""
+    out = bytearray(data)
+    out[at] ^= 0xFF
+    return bytes(out)
+
+
+def verdicts(blocks: Sequence[FormatBlock]) -> Counter[str]:
+    """Count of blocks per (kind, verdict), as 'kind:verdict'."""
+    return Counter(f"{b.kind}:{b.verdict}" for b in blocks)
+
+
+# --- registry --------------------------------------------------------------------------------
+
+
+def test_formats_for_returns_fresh_instances_in_order() -> None:
+    """formats_for gives a new instance per call for each name, in the order asked."""
+    a, b = formats_for(["fio"]), formats_for(["fio"])
+    assert [f.name for f in a] == ["fio"] and a[0] is not b[0]
+    assert set(FORMATS) >= {"fio"}
+
+
+def test_formats_for_rejects_an_unknown_name_in_one_line() -> None:
+    """An unknown format name is a ConfigError on `formats` naming it, on one line."""
+    with pytest.raises(ConfigError) as err:
+        formats_for(["fio", "zfs"])
+    assert err.value.key == "formats" and "'zfs'" in str(err.value) and "\n" not in str(err.value)
+
+
+# --- fio -------------------------------------------------------------------------------------
+
+
+def fio_file(tmp_path: Path, verify: str, size: int = 256 * KiB, bs: int = 4 * KiB) -> bytes:
+    """A file written by the installed fio with `verify` (no read-back), as bytes."""
+    path = tmp_path / f"fio-{verify}.bin"
+    run(["fio", "--name=w", f"--filename={path}", f"--size={size}", f"--bs={bs}",
+         "--rw=randwrite", "--norandommap=0", f"--verify={verify}", "--do_verify=0",
+         "--ioengine=psync", "--randseed=7"])  # fmt: skip
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("verify", ["crc32c", "crc32c-intel", "md5", "sha1", "sha3-256"])
+def test_fio_blocks_written_by_fio_are_all_ok(tmp_path: Path, verify: str) -> None:
+    """Every block fio writes with verify=X is found, at its offset, with its offset and ok."""
+    image = fio_file(tmp_path, verify)
+    blocks = FioFormat().scan(memoryview(image), 0)
+    assert len(blocks) == 64
+    assert {b.verdict for b in blocks} == {Verdict.OK}
+    offsets = list(range(0, 256 * KiB, 4 * KiB))
+    assert [b.offset for b in blocks] == [b.ident[0] for b in blocks] == offsets
+    assert sorted(b.version for b in blocks if b.version is not None) == list(range(64))
+
+
+@pytest.mark.parametrize("verify", ["crc32c", "md5"])
+def test_fio_342_versioned_headers_are_read(verify: str) -> None:
+    """fio >= 3.41's 48-byte header (u64 numberio) is read: 4 golden blocks, all ok."""
+    image = (GOLDEN / f"fio-3.42-{verify}.bin").read_bytes()
+    blocks = FioFormat().scan(memoryview(image), 0)
+    assert [(b.offset, b.version, b.verdict) for b in blocks] == [
+        (i * 4096, i, Verdict.OK) for i in range(4)
+    ]
+    assert image[2] == 0x81  # the version byte this test is about
+
+
+def test_fio_unverifiable_type_is_unchecked_not_torn(tmp_path: Path) -> None:
+    """A verify type the oracle cannot compute (crc64) is recognised and reported unchecked."""
+    blocks = FioFormat().scan(memoryview(fio_file(tmp_path, "crc64", size=16 * KiB)), 0)
+    assert verdicts(blocks) == {"fio.crc64:unchecked": 4}
+    assert blocks[0].reason == "verify=crc64 is not checked"
+
+
+def test_fio_a_changed_data_byte_is_torn(tmp_path: Path) -> None:
+    """A byte changed in a block's data makes that block (only) torn, located after its header."""
+    image = flipped(fio_file(tmp_path, "crc32c", size=64 * KiB), 5 * 4096 + 3000)
+    blocks = FioFormat().scan(memoryview(image), 1 * MiB)
+    torn = [b for b in blocks if b.verdict is Verdict.TORN]
+    assert [(b.offset, b.torn_at) for b in torn] == [(1 * MiB + 5 * 4096, None)]
+    assert len(blocks) == 16
+
+
+def test_fio_a_changed_header_byte_is_torn_at_the_header(tmp_path: Path) -> None:
+    """A byte changed in a header (numberio) is torn and located at the header's sector."""
+    image = flipped(fio_file(tmp_path, "md5", size=16 * KiB), 2 * 4096 + 33)
+    torn = [b for b in FioFormat().scan(memoryview(image), 0) if b.verdict is Verdict.TORN]
+    assert [(b.offset, b.torn_at, b.reason) for b in torn] == [
+        (8192, 8192, "header crc32c mismatch")
+    ]
+
+
+def test_fio_block_cut_by_the_write_is_unchecked(tmp_path: Path) -> None:
+    """A header whose block runs past the WRITE's end is unchecked, not torn."""
+    image = fio_file(tmp_path, "crc32c", size=16 * KiB)
+    blocks = FioFormat().scan(memoryview(image)[: 4096 + 1024], 0)
+    assert [(b.verdict, b.reason) for b in blocks] == [
+        (Verdict.OK, ""), (Verdict.UNCHECKED, "block extends beyond this WRITE")
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["fio"])
+def test_random_and_zero_data_give_no_block(name: str) -> None:
+    """Random bytes and zero pages are not recognised as any block of the format."""
+    fmt = formats_for([name])[0]
+    noise = os.urandom(1 * MiB)
+    assert fmt.scan(memoryview(noise), 0) == []
+    assert fmt.scan(memoryview(bytes(1 * MiB)), 0) == []
