@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from nbdfork.errors import ConfigError
 from nbdfork.oracle.formats import FORMATS, FormatBlock, Verdict, formats_for
 from nbdfork.oracle.formats.base import BlockFormat
 from nbdfork.oracle.formats.fio import FioFormat
+from nbdfork.oracle.formats.xfs import XfsFormat
 
 GOLDEN = Path(__file__).parent / "golden" / "formats"
 KiB = 1024
@@ -49,6 +50,12 @@ def flipped(data: bytes, at: int) -> bytes:
 def verdicts(blocks: Sequence[FormatBlock]) -> Counter[str]:
     """Count of blocks per (kind, verdict), as 'kind:verdict'."""
     return Counter(f"{b.kind}:{b.verdict}" for b in blocks)
+
+
+PRIMERS: dict[str, Callable[[Path], bytes]] = {
+    "xfs": lambda tmp: xfs_image(tmp).read_bytes(),
+}
+"""Per stateful format, an image whose first MiB teaches it its superblock."""
 
 
 # --- registry --------------------------------------------------------------------------------
@@ -137,10 +144,133 @@ def test_fio_block_cut_by_the_write_is_unchecked(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["fio"])
-def test_random_and_zero_data_give_no_block(name: str) -> None:
-    """Random bytes and zero pages are not recognised as any block of the format."""
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_random_and_zero_data_give_no_block(name: str, tmp_path: Path) -> None:
+    """Random bytes and zero pages give no block, also once the format has seen a superblock."""
     fmt = formats_for([name])[0]
+    if name in PRIMERS:
+        image = PRIMERS[name](tmp_path)
+        fmt.scan(memoryview(image)[: 1 * MiB], 0)
     noise = os.urandom(1 * MiB)
     assert fmt.scan(memoryview(noise), 0) == []
     assert fmt.scan(memoryview(bytes(1 * MiB)), 0) == []
+
+
+# --- mounting (only to get blocks the kernel itself writes: log records, journal commits) ---
+
+
+def can_mount() -> str | None:
+    """Why this host cannot loop-mount an image, or None if it can."""
+    if os.geteuid() != 0:
+        return "needs root to loop-mount"
+    if shutil.which("losetup") is None or not Path("/dev/loop-control").exists():
+        return "no loop devices"
+    return None
+
+
+def mount_and_write(image: Path, work: Sequence[Sequence[str]]) -> None:
+    """Loop-mount `image`, run each argv (with {mnt} replaced), sync and unmount."""
+    reason = can_mount()
+    if reason is not None:
+        pytest.skip(reason)
+    mnt = image.parent / "mnt"
+    mnt.mkdir(exist_ok=True)
+    loop = run(["losetup", "-f", "--show", str(image)]).strip()
+    try:
+        run(["mount", loop, str(mnt)])
+        try:
+            for argv in work:
+                run([a.replace("{mnt}", str(mnt)) for a in argv])
+            run(["sync", "-f", str(mnt)])
+        finally:
+            run(["umount", str(mnt)])
+    finally:
+        run(["losetup", "-d", loop])
+
+
+def populate(image: Path) -> None:
+    """Mount `image`, make a directory of 300 files and a 4 MiB file, unmount."""
+    script = "mkdir -p {mnt}/d && for i in $(seq 300); do echo $i > {mnt}/d/f$i; done"
+    big = ["dd", "if=/dev/urandom", "of={mnt}/big", "bs=64k", "count=64"]
+    mount_and_write(image, [["sh", "-c", script], big])
+
+
+# --- xfs -------------------------------------------------------------------------------------
+
+
+def xfs_image(tmp_path: Path) -> Path:
+    """A 320 MiB sparse image made by mkfs.xfs (v5, 4 AGs by default at this size)."""
+    path = tmp_path / "xfs.img"
+    with path.open("wb") as f:
+        f.truncate(320 * MiB)
+    run(["mkfs.xfs", "-q", "-f", "-m", "crc=1", str(path)])
+    return path
+
+
+def test_xfs_mkfs_metadata_is_all_found_and_ok(tmp_path: Path) -> None:
+    """Every checksummed block mkfs.xfs writes is found and ok: 4 AGs of headers, btrees, inodes."""
+    blocks = scan_image(XfsFormat(), xfs_image(tmp_path).read_bytes())
+    counts = verdicts(blocks)
+    assert counts.pop("xfs.log.record:unchecked") >= 1  # mkfs writes h_crc 0 (see docs)
+    assert counts == {
+        "xfs.sb:ok": 4, "xfs.agf:ok": 4, "xfs.agi:ok": 4, "xfs.agfl:ok": 4,
+        "xfs.btree.ab3b:ok": 4, "xfs.btree.ab3c:ok": 4, "xfs.btree.iab3:ok": 4,
+        "xfs.btree.fib3:ok": 4, "xfs.btree.r3fc:ok": 4, "xfs.dinode:ok": 64,
+    }  # fmt: skip
+
+
+def test_xfs_blocks_before_the_superblock_are_not_judged(tmp_path: Path) -> None:
+    """Until the primary superblock is seen, only superblocks are reported (uuid unknown)."""
+    image = xfs_image(tmp_path).read_bytes()
+    fmt = XfsFormat()
+    ag1 = len(image) // 4
+    assert {b.kind for b in fmt.scan(memoryview(image)[ag1 : ag1 + 64 * KiB], ag1)} == {"xfs.sb"}
+    fmt.scan(memoryview(image)[:4096], 0)
+    assert len(fmt.scan(memoryview(image)[ag1 : ag1 + 64 * KiB], ag1)) > 1
+
+
+def test_xfs_a_changed_byte_tears_that_block_only(tmp_path: Path) -> None:
+    """A byte changed in AG 0's AGF makes the AGF torn and nothing else."""
+    image = xfs_image(tmp_path).read_bytes()
+    agf = image.index(b"XAGF")
+    blocks = scan_image(XfsFormat(), flipped(image, agf + 100))
+    torn = [(b.kind, b.offset) for b in blocks if b.verdict is Verdict.TORN]
+    assert torn == [("xfs.agf", agf)]
+
+
+def test_xfs_a_torn_inode_chunk_is_located_to_the_inode(tmp_path: Path) -> None:
+    """In an inode cluster, the inode with the changed byte is torn, at its own offset."""
+    image = xfs_image(tmp_path).read_bytes()
+    fmt = XfsFormat()
+    fmt.scan(memoryview(image)[:4096], 0)
+    first = next(b for b in scan_image(fmt, image) if b.kind == "xfs.dinode")
+    bad = flipped(image, first.offset + 512 * 3 + 200)
+    view = memoryview(bad)[first.offset : first.offset + 16 * KiB]
+    torn = [b for b in fmt.scan(view, first.offset) if b.verdict is Verdict.TORN]
+    assert [(b.offset, b.length) for b in torn] == [(first.offset + 3 * 512, 512)]
+
+
+def test_xfs_kernel_log_records_and_directories_are_ok(tmp_path: Path) -> None:
+    """After a mount, 300 creates and unmount, the kernel's log records and dir blocks are ok."""
+    path = xfs_image(tmp_path)
+    populate(path)
+    counts = verdicts(scan_image(XfsFormat(), path.read_bytes()))
+    assert counts["xfs.log.record:ok"] >= 2
+    assert counts["xfs.dir3.data:ok"] + counts["xfs.dir3.block:ok"] >= 1
+    assert counts["xfs.dinode:ok"] >= 300 + 3
+    assert not [k for k in counts if k.endswith(":torn")]
+
+
+def test_xfs_log_record_tear_is_located_to_the_sector(tmp_path: Path) -> None:
+    """A kernel log record whose 2nd data sector shows an older cycle is torn at that sector."""
+    path = xfs_image(tmp_path)
+    populate(path)
+    image = path.read_bytes()
+    fmt = XfsFormat()
+    records = [b for b in scan_image(fmt, image) if b.kind == "xfs.log.record"]
+    rec = next(b for b in records if b.verdict is Verdict.OK and b.length >= 4 * 512)
+    sector = rec.offset + 2 * 512  # header, then the first data sector, then this one
+    bad = bytearray(image)
+    bad[sector : sector + 4] = bytes(4)  # cycle 0: what mkfs left there
+    torn = fmt.scan(memoryview(bytes(bad))[rec.offset : rec.offset + rec.length], rec.offset)
+    assert [(b.verdict, b.torn_at) for b in torn] == [(Verdict.TORN, sector)]

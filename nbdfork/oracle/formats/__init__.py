@@ -18,6 +18,7 @@ from typing import Final
 from nbdfork.errors import ConfigError
 from nbdfork.oracle.formats.base import BlockFormat, FormatBlock, Verdict
 from nbdfork.oracle.formats.fio import FioFormat
+from nbdfork.oracle.formats.xfs import XfsFormat
 
 __all__ = [
     "FORMATS",
@@ -31,6 +32,7 @@ __all__ = [
 FORMATS: Final[Mapping[str, Callable[[], BlockFormat]]] = MappingProxyType(
     {
         "fio": FioFormat,
+        "xfs": XfsFormat,
     }
 )
 """Format name -> factory of a fresh, per-device instance."""
