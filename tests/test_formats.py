@@ -14,6 +14,7 @@ import pytest
 from nbdfork.errors import ConfigError
 from nbdfork.oracle.formats import FORMATS, FormatBlock, Verdict, formats_for
 from nbdfork.oracle.formats.base import BlockFormat
+from nbdfork.oracle.formats.btrfs import BtrfsFormat
 from nbdfork.oracle.formats.fio import FioFormat
 from nbdfork.oracle.formats.xfs import XfsFormat
 
@@ -54,6 +55,7 @@ def verdicts(blocks: Sequence[FormatBlock]) -> Counter[str]:
 
 PRIMERS: dict[str, Callable[[Path], bytes]] = {
     "xfs": lambda tmp: xfs_image(tmp).read_bytes(),
+    "btrfs": lambda tmp: btrfs_image(tmp).read_bytes(),
 }
 """Per stateful format, an image whose first MiB teaches it its superblock."""
 
@@ -274,3 +276,69 @@ def test_xfs_log_record_tear_is_located_to_the_sector(tmp_path: Path) -> None:
     bad[sector : sector + 4] = bytes(4)  # cycle 0: what mkfs left there
     torn = fmt.scan(memoryview(bytes(bad))[rec.offset : rec.offset + rec.length], rec.offset)
     assert [(b.verdict, b.torn_at) for b in torn] == [(Verdict.TORN, sector)]
+
+
+# --- btrfs -----------------------------------------------------------------------------------
+
+
+def btrfs_image(tmp_path: Path) -> Path:
+    """A 256 MiB sparse image made by mkfs.btrfs (DUP metadata: every tree block twice)."""
+    path = tmp_path / "btrfs.img"
+    with path.open("wb") as f:
+        f.truncate(256 * MiB)
+    run(["mkfs.btrfs", "-q", "-f", str(path)])
+    return path
+
+
+def reachable_tree_blocks(image: Path) -> set[int]:
+    """Logical addresses of the tree blocks btrfs-progs' dump-tree reaches in `image`."""
+    lines = run(["btrfs", "inspect-internal", "dump-tree", str(image)]).splitlines()
+    return {int(line.split()[1]) for line in lines if line.startswith(("leaf ", "node "))}
+
+
+def test_btrfs_mkfs_tree_blocks_are_all_found_and_ok(tmp_path: Path) -> None:
+    """Both superblock copies and every tree block dump-tree reaches (twice: DUP) are ok."""
+    path = btrfs_image(tmp_path)
+    blocks = scan_image(BtrfsFormat(), path.read_bytes())
+    assert {b.verdict for b in blocks} == {Verdict.OK}
+    supers = [b.offset for b in blocks if b.kind == "btrfs.super"]
+    assert supers == [64 * KiB, 64 * MiB]
+    copies = Counter(b.ident[0] for b in blocks if b.kind != "btrfs.super")
+    reachable = reachable_tree_blocks(path)
+    assert len(reachable) >= 5
+    assert {copies[bytenr] for bytenr in reachable} == {2}
+    assert {b.length for b in blocks if b.kind != "btrfs.super"} == {16 * KiB}
+
+
+def test_btrfs_tree_blocks_are_not_found_before_a_superblock(tmp_path: Path) -> None:
+    """Tree blocks carry no magic: before the superblock at 64 KiB is seen, none is found."""
+    image = btrfs_image(tmp_path).read_bytes()
+    fmt = BtrfsFormat()
+    tail = memoryview(image)[1 * MiB :]
+    assert [b.kind for b in fmt.scan(tail, 1 * MiB)] == ["btrfs.super"]  # the 64 MiB copy
+    fmt.scan(memoryview(image)[: 1 * MiB], 0)
+    assert len(fmt.scan(tail, 1 * MiB)) > 1
+
+
+def test_btrfs_a_changed_byte_tears_one_tree_block_copy(tmp_path: Path) -> None:
+    """A byte changed in one copy of a tree block tears that copy; its DUP twin stays ok."""
+    image = btrfs_image(tmp_path).read_bytes()
+    fmt = BtrfsFormat()
+    leaves = [b for b in scan_image(fmt, image) if b.kind == "btrfs.leaf"]
+    dup = Counter(b.ident for b in leaves)
+    leaf = next(b for b in leaves if dup[b.ident] == 2)
+    blocks = scan_image(BtrfsFormat(), flipped(image, leaf.offset + 9000))
+    torn = [b for b in blocks if b.verdict is Verdict.TORN]
+    assert [(b.offset, b.reason) for b in torn] == [(leaf.offset, "crc32c mismatch")]
+    twins = [b for b in blocks if b.ident == leaf.ident and b.version == leaf.version]
+    assert [b.verdict for b in twins if b.offset != leaf.offset] == [Verdict.OK]
+
+
+def test_btrfs_kernel_written_tree_blocks_are_ok(tmp_path: Path) -> None:
+    """After a real mount, 300 creates and unmount, every tree block and superblock is ok."""
+    path = btrfs_image(tmp_path)
+    populate(path)
+    blocks = scan_image(BtrfsFormat(), path.read_bytes())
+    assert {b.verdict for b in blocks} == {Verdict.OK}
+    assert max(b.version or 0 for b in blocks if b.kind == "btrfs.super") > 1
+    assert {copies for copies in Counter(b.ident[0] for b in blocks).values()} >= {2}

@@ -17,6 +17,7 @@ from typing import Final
 
 from nbdfork.errors import ConfigError
 from nbdfork.oracle.formats.base import BlockFormat, FormatBlock, Verdict
+from nbdfork.oracle.formats.btrfs import BtrfsFormat
 from nbdfork.oracle.formats.fio import FioFormat
 from nbdfork.oracle.formats.xfs import XfsFormat
 
@@ -31,6 +32,7 @@ __all__ = [
 
 FORMATS: Final[Mapping[str, Callable[[], BlockFormat]]] = MappingProxyType(
     {
+        "btrfs": BtrfsFormat,
         "fio": FioFormat,
         "xfs": XfsFormat,
     }
