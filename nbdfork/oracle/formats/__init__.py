@@ -18,6 +18,7 @@ from typing import Final
 from nbdfork.errors import ConfigError
 from nbdfork.oracle.formats.base import BlockFormat, FormatBlock, Verdict
 from nbdfork.oracle.formats.btrfs import BtrfsFormat
+from nbdfork.oracle.formats.ext4 import Ext4Format
 from nbdfork.oracle.formats.fio import FioFormat
 from nbdfork.oracle.formats.xfs import XfsFormat
 
@@ -33,6 +34,7 @@ __all__ = [
 FORMATS: Final[Mapping[str, Callable[[], BlockFormat]]] = MappingProxyType(
     {
         "btrfs": BtrfsFormat,
+        "ext4": Ext4Format,
         "fio": FioFormat,
         "xfs": XfsFormat,
     }
