@@ -12,6 +12,7 @@ carries no version number: `version` is None except for jbd2 blocks (the transac
 
 from __future__ import annotations
 
+import bisect
 import re
 import struct
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ _EXTENT_MAGIC: Final = b"\x0a\xf3"
 _DIR_TAIL: Final = b"\x00\x00\x00\x00\x0c\x00\x00\xde"  # ext4_dir_entry_tail, first 8 bytes
 _GOOD_OLD_INODE: Final = 128
 _FIRST_SB: Final = re.compile(b"\x53")
+_GDT, _GDT_PRIMARY, _ITABLE = "gdt", "gdt0", "itable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +105,19 @@ def _geometry(sb: memoryview) -> Ext4Geometry:
 class _Learned:
     """Locations and owners learned from descriptors and inodes."""
 
-    itables: dict[int, tuple[int, int]] = field(default_factory=dict)  # group -> (byte, ino)
+    places: list[tuple[int, int, str, int]] = field(default_factory=list)  # start,end,kind,1st
+    starts: list[int] = field(default_factory=list)
     owners: dict[int, tuple[int, int, bool]] = field(default_factory=dict)  # blk -> ino,seed,dir
     dir_seeds: dict[int, int] = field(default_factory=dict)  # directory ino -> seed
+
+    def add(self, start: int, end: int, kind: str, first: int) -> None:
+        """Place a region [start, end) holding `kind` (replacing one at the same start)."""
+        i = bisect.bisect_left(self.starts, start)
+        if i < len(self.starts) and self.starts[i] == start:
+            self.places[i] = (start, end, kind, first)
+        else:
+            self.starts.insert(i, start)
+            self.places.insert(i, (start, end, kind, first))
 
 
 def _placed(
@@ -124,11 +136,6 @@ def _placed(
     return FormatBlock("ext4", kind, at, length, None, (first,), verdict, torn_at)
 
 
-def _overlap(start: int, length: int, lo: int, hi: int) -> range:
-    """The block-sized steps of [start, start+length) that lie in [lo, hi)."""
-    return range(max(start, lo), min(start + length, hi))
-
-
 class Ext4Format:
     """ext4 metadata_csum blocks of one filesystem, plus its jbd2 journal."""
 
@@ -144,8 +151,7 @@ class Ext4Format:
         found = self._superblocks(data, device_offset)
         geo = self.geometry
         if geo is not None:
-            found += self._group_descs(data, device_offset, geo)
-            found += self._inode_tables(data, device_offset, geo)
+            found += self._placed_blocks(data, device_offset, geo)
             found += self._tailed_blocks(data, device_offset, geo)
         found += self.journal.scan(data, device_offset)
         found.sort(key=lambda b: b.offset)
@@ -166,24 +172,43 @@ class Ext4Format:
             want = _U32.unpack_from(sb, _SB_CSUM)[0]
             ok = crc32c_raw(_MASK, sb[:_SB_CSUM]) == want
             if ok and base + start == SB_OFFSET:
-                self.geometry = _geometry(sb)
+                self._learn_geometry(_geometry(sb))
             group = _U16.unpack_from(sb, 0x5A)[0]
             found.append(FormatBlock("ext4", "ext4.super", base + start, _SB_SIZE, None,
                                      (group,), Verdict.OK if ok else Verdict.TORN))  # fmt: skip
         return found
 
+    def _learn_geometry(self, geo: Ext4Geometry) -> None:
+        """A new filesystem (or its first superblock) resets what was learned."""
+        if geo == self.geometry:
+            return
+        self.geometry, self.learned = geo, _Learned()
+        if geo.meta_bg:
+            return  # descriptors then live in every meta group: not placed (docs)
+        primary = (geo.first_data_block + 1) * geo.blocksize
+        for start, length in geo.gdt_ranges():
+            kind = _GDT_PRIMARY if start == primary else _GDT
+            self.learned.add(start, start + length, kind, 0)
+
     # --- group descriptors --------------------------------------------------------------
 
-    def _group_descs(self, data: memoryview, base: int, geo: Ext4Geometry) -> list[FormatBlock]:
-        if geo.meta_bg:
-            return []  # descriptors then live in every meta group: not placed (docs)
-        found = []
+    def _placed_blocks(self, data: memoryview, base: int, geo: Ext4Geometry) -> list[FormatBlock]:
+        """GDT and inode-table blocks: found by where the geometry and descriptors put them."""
         end = base + len(data)
-        for start, length in geo.gdt_ranges():
-            primary = start == (geo.first_data_block + 1) * geo.blocksize
-            for at in range(start, start + length, geo.blocksize):
-                if base <= at and at + geo.blocksize <= end:
-                    found.append(self._gdt_block(data[at - base :], at, start, geo, primary))
+        places, starts = self.learned.places, self.learned.starts
+        found: list[FormatBlock] = []
+        i = max(bisect.bisect_right(starts, base) - 1, 0)
+        while i < len(places) and places[i][0] < end:
+            start, stop, kind, first = places[i]
+            lo = start + max(0, -(-(base - start) // geo.blocksize)) * geo.blocksize
+            for at in range(lo, min(stop, end - geo.blocksize + 1), geo.blocksize):
+                block = data[at - base :]
+                if kind in {_GDT, _GDT_PRIMARY}:
+                    found.append(self._gdt_block(block, at, start, geo, kind == _GDT_PRIMARY))
+                else:
+                    ino = first + (at - start) // geo.inode_size
+                    found += self._inode_block(block, at, ino, geo)
+            i += 1
         return found
 
     def _gdt_block(
@@ -216,20 +241,11 @@ class Ext4Format:
         block = _U32.unpack_from(desc, 0x08)[0]
         if geo.desc_size >= 64:
             block |= _U32.unpack_from(desc, 0x28)[0] << 32
-        self.learned.itables[group] = (block * geo.blocksize, group * geo.inodes_per_group + 1)
+        start = block * geo.blocksize
+        self.learned.add(start, start + geo.inodes_per_group * geo.inode_size, _ITABLE,
+                         group * geo.inodes_per_group + 1)  # fmt: skip
 
     # --- inode tables -------------------------------------------------------------------
-
-    def _inode_tables(self, data: memoryview, base: int, geo: Ext4Geometry) -> list[FormatBlock]:
-        found = []
-        end = base + len(data)
-        table_len = geo.inodes_per_group * geo.inode_size
-        for start, first_ino in self.learned.itables.values():
-            for at in _overlap(start, table_len, base, end)[:: geo.blocksize]:
-                if (at - start) % geo.blocksize == 0 and at + geo.blocksize <= end:
-                    ino = first_ino + (at - start) // geo.inode_size
-                    found += self._inode_block(data[at - base :], at, ino, geo)
-        return found
 
     def _inode_block(
         self, block: memoryview, at: int, first_ino: int, geo: Ext4Geometry
