@@ -87,7 +87,7 @@ def fio_file(tmp_path: Path, verify: str, size: int = 256 * KiB, bs: int = 4 * K
     path = tmp_path / f"fio-{verify}.bin"
     run(["fio", "--name=w", f"--filename={path}", f"--size={size}", f"--bs={bs}",
          "--rw=randwrite", "--norandommap=0", f"--verify={verify}", "--do_verify=0",
-         "--ioengine=psync", "--randseed=7"])  # fmt: skip
+         "--ioengine=psync", "--randseed=7", "--verify_state_save=0"])  # fmt: skip
     return path.read_bytes()
 
 
