@@ -1,0 +1,354 @@
+"""ext4 with metadata_csum: superblocks, group descriptors, inode tables, extent tree blocks,
+directory leaf blocks, and the jbd2 journal's blocks (module jbd2).
+
+Read from Linux 6.1.192 fs/ext4/ext4.h, super.c (ext4_superblock_csum, ext4_group_desc_csum),
+inode.c (ext4_inode_csum, the seed in __ext4_iget), extents.c (ext4_extent_block_csum) and
+namei.c (ext4_dirblock_csum). ext4_chksum() is crc32c_raw (no inversion). The superblock
+(magic 0xef53) is recognised anywhere and teaches the geometry; group descriptors are found
+where the geometry puts them, inode tables where the descriptors say; extent and directory
+blocks are checked with their owner inode's seed once that inode has been seen. ext4 metadata
+carries no version number: `version` is None except for jbd2 blocks (the transaction).
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Final
+
+from nbdfork.oracle.formats.base import FormatBlock, Verdict, crc32c_raw, sector_candidates
+from nbdfork.oracle.formats.jbd2 import Jbd2Journal
+
+__all__ = ["Ext4Format", "Ext4Geometry"]
+
+_U16: Final = struct.Struct("<H")
+_U32: Final = struct.Struct("<I")
+_MASK: Final = 0xFFFF_FFFF
+SB_OFFSET: Final = 1024
+_SB_SIZE: Final = 1024
+_SB_CSUM: Final = 0x3FC
+_RO_METADATA_CSUM: Final = 0x400
+_RO_SPARSE_SUPER: Final = 0x1
+_INCOMPAT_64BIT: Final = 0x80
+_INCOMPAT_META_BG: Final = 0x10
+_INCOMPAT_CSUM_SEED: Final = 0x2000
+_EXTENT_MAGIC: Final = b"\x0a\xf3"
+_DIR_TAIL: Final = b"\x00\x00\x00\x00\x0c\x00\x00\xde"  # ext4_dir_entry_tail, first 8 bytes
+_GOOD_OLD_INODE: Final = 128
+_FIRST_SB: Final = re.compile(b"\x53")
+_GDT, _GDT_PRIMARY, _ITABLE = "gdt", "gdt0", "itable"
+
+
+@dataclass(frozen=True, slots=True)
+class Ext4Geometry:
+    """What the superblock says that other blocks need."""
+
+    blocksize: int
+    first_data_block: int
+    blocks_per_group: int
+    inodes_per_group: int
+    inode_size: int
+    desc_size: int
+    groups: int
+    csum_seed: int
+    sparse_super: bool
+    meta_bg: bool
+
+    def gdt_ranges(self) -> list[tuple[int, int]]:
+        """Byte ranges of the primary and backup group descriptor tables (no meta_bg)."""
+        nbytes = self.groups * self.desc_size
+        length = -(-nbytes // self.blocksize) * self.blocksize
+        return [
+            ((g * self.blocks_per_group + self.first_data_block + 1) * self.blocksize, length)
+            for g in range(self.groups)
+            if self._has_super(g)
+        ]
+
+    def _has_super(self, group: int) -> bool:
+        if group <= 1 or not self.sparse_super:
+            return True
+        for base in (3, 5, 7):
+            n = base
+            while n < group:
+                n *= base
+            if n == group:
+                return True
+        return False
+
+
+def _geometry(sb: memoryview) -> Ext4Geometry:
+    incompat = _U32.unpack_from(sb, 0x60)[0]
+    wide = incompat & _INCOMPAT_64BIT
+    blocks = _U32.unpack_from(sb, 0x04)[0] | (_U32.unpack_from(sb, 0x150)[0] << 32 if wide else 0)
+    first, per_group = _U32.unpack_from(sb, 0x14)[0], _U32.unpack_from(sb, 0x20)[0]
+    if incompat & _INCOMPAT_CSUM_SEED:
+        seed = _U32.unpack_from(sb, 0x270)[0]
+    else:
+        seed = crc32c_raw(_MASK, sb[0x68:0x78])
+    return Ext4Geometry(
+        blocksize=1024 << _U32.unpack_from(sb, 0x18)[0],
+        first_data_block=first,
+        blocks_per_group=per_group,
+        inodes_per_group=_U32.unpack_from(sb, 0x28)[0],
+        inode_size=_U16.unpack_from(sb, 0x58)[0],
+        desc_size=_U16.unpack_from(sb, 0xFE)[0] if wide else 32,
+        groups=-(-(blocks - first) // per_group),
+        csum_seed=seed,
+        sparse_super=bool(_U32.unpack_from(sb, 0x64)[0] & _RO_SPARSE_SUPER),
+        meta_bg=bool(incompat & _INCOMPAT_META_BG),
+    )
+
+
+@dataclass
+class _Learned:
+    """Locations and owners learned from descriptors and inodes."""
+
+    places: list[tuple[int, int, str, int]] = field(default_factory=list)  # start,end,kind,1st
+    starts: list[int] = field(default_factory=list)
+    owners: dict[int, tuple[int, int, bool]] = field(default_factory=dict)  # blk -> ino,seed,dir
+    dir_seeds: dict[int, int] = field(default_factory=dict)  # directory ino -> seed
+
+    def add(self, start: int, end: int, kind: str, first: int) -> None:
+        """Place a region [start, end) holding `kind` (replacing one at the same start)."""
+        i = bisect.bisect_left(self.starts, start)
+        if i < len(self.starts) and self.starts[i] == start:
+            self.places[i] = (start, end, kind, first)
+        else:
+            self.starts.insert(i, start)
+            self.places.insert(i, (start, end, kind, first))
+
+
+def _placed(
+    kind: str, at: int, length: int, first: int, *, checked: int, torn_at: int | None
+) -> FormatBlock:
+    """The verdict on a block found by its place, not its content (GDT, inode table).
+
+    A tear leaves some units (descriptors, inodes) verifying and some not; when none
+    verifies, the place no longer holds this filesystem's metadata (another mkfs, random
+    data) and nothing is claimed.
+    """
+    if checked == 0:
+        return FormatBlock("ext4", kind, at, length, None, (first,), Verdict.UNCHECKED,
+                           None, "nothing at this place verifies")  # fmt: skip
+    verdict = Verdict.OK if torn_at is None else Verdict.TORN
+    return FormatBlock("ext4", kind, at, length, None, (first,), verdict, torn_at)
+
+
+class Ext4Format:
+    """ext4 metadata_csum blocks of one filesystem, plus its jbd2 journal."""
+
+    name = "ext4"
+
+    def __init__(self) -> None:
+        self.geometry: Ext4Geometry | None = None
+        self.learned = _Learned()
+        self.journal = Jbd2Journal()
+
+    def scan(self, data: memoryview, device_offset: int) -> list[FormatBlock]:
+        """Every ext4 metadata block in `data` this format can place, judged."""
+        found = self._superblocks(data, device_offset)
+        geo = self.geometry
+        if geo is not None:
+            found += self._placed_blocks(data, device_offset, geo)
+            found += self._tailed_blocks(data, device_offset, geo)
+        found += self.journal.scan(data, device_offset)
+        found.sort(key=lambda b: b.offset)
+        return found
+
+    # --- superblocks --------------------------------------------------------------------
+
+    def _superblocks(self, data: memoryview, base: int) -> list[FormatBlock]:
+        found = []
+        first = (-base) % _SB_SIZE  # superblocks sit at 1 KiB-aligned device offsets
+        for p in sector_candidates(data[first:], _FIRST_SB, at=0x38, step=_SB_SIZE):
+            start = first + p - 0x38
+            sb = data[start:]
+            if len(sb) < _SB_SIZE or sb[0x39] != 0xEF:
+                continue
+            if not _U32.unpack_from(sb, 0x64)[0] & _RO_METADATA_CSUM:
+                continue
+            want = _U32.unpack_from(sb, _SB_CSUM)[0]
+            ok = crc32c_raw(_MASK, sb[:_SB_CSUM]) == want
+            if ok and base + start == SB_OFFSET:
+                self._learn_geometry(_geometry(sb))
+            group = _U16.unpack_from(sb, 0x5A)[0]
+            found.append(FormatBlock("ext4", "ext4.super", base + start, _SB_SIZE, None,
+                                     (group,), Verdict.OK if ok else Verdict.TORN))  # fmt: skip
+        return found
+
+    def _learn_geometry(self, geo: Ext4Geometry) -> None:
+        """A new filesystem (or its first superblock) resets what was learned."""
+        if geo == self.geometry:
+            return
+        self.geometry, self.learned = geo, _Learned()
+        if geo.meta_bg:
+            return  # descriptors then live in every meta group: not placed (docs)
+        primary = (geo.first_data_block + 1) * geo.blocksize
+        for start, length in geo.gdt_ranges():
+            kind = _GDT_PRIMARY if start == primary else _GDT
+            self.learned.add(start, start + length, kind, 0)
+
+    # --- group descriptors --------------------------------------------------------------
+
+    def _placed_blocks(self, data: memoryview, base: int, geo: Ext4Geometry) -> list[FormatBlock]:
+        """GDT and inode-table blocks: found by where the geometry and descriptors put them."""
+        end = base + len(data)
+        places, starts = self.learned.places, self.learned.starts
+        found: list[FormatBlock] = []
+        i = max(bisect.bisect_right(starts, base) - 1, 0)
+        while i < len(places) and places[i][0] < end:
+            start, stop, kind, first = places[i]
+            lo = start + max(0, -(-(base - start) // geo.blocksize)) * geo.blocksize
+            for at in range(lo, min(stop, end - geo.blocksize + 1), geo.blocksize):
+                block = data[at - base :]
+                if kind in {_GDT, _GDT_PRIMARY}:
+                    found.append(self._gdt_block(block, at, start, geo, kind == _GDT_PRIMARY))
+                else:
+                    ino = first + (at - start) // geo.inode_size
+                    found += self._inode_block(block, at, ino, geo)
+            i += 1
+        return found
+
+    def _gdt_block(
+        self, block: memoryview, at: int, table: int, geo: Ext4Geometry, primary: bool
+    ) -> FormatBlock:
+        first = (at - table) // geo.desc_size
+        count = min(geo.blocksize // geo.desc_size, geo.groups - first)
+        torn_at, checked = None, 0
+        for i in range(count):
+            desc = block[i * geo.desc_size : (i + 1) * geo.desc_size]
+            if not any(desc):
+                continue
+            if not self._desc_ok(desc, first + i, geo):
+                torn_at = at + i * geo.desc_size if torn_at is None else torn_at
+                continue
+            checked += 1
+            if primary and torn_at is None:
+                self._learn_itable(desc, first + i, geo)
+        return _placed(
+            "ext4.group_desc", at, geo.blocksize, first, checked=checked, torn_at=torn_at
+        )
+
+    @staticmethod
+    def _desc_ok(desc: memoryview, group: int, geo: Ext4Geometry) -> bool:
+        crc = crc32c_raw(geo.csum_seed, _U32.pack(group))
+        crc = crc32c_raw(crc, bytes(desc[:0x1E]) + b"\0\0" + bytes(desc[0x20:]))
+        return bool(crc & 0xFFFF == _U16.unpack_from(desc, 0x1E)[0])
+
+    def _learn_itable(self, desc: memoryview, group: int, geo: Ext4Geometry) -> None:
+        block = _U32.unpack_from(desc, 0x08)[0]
+        if geo.desc_size >= 64:
+            block |= _U32.unpack_from(desc, 0x28)[0] << 32
+        start = block * geo.blocksize
+        self.learned.add(start, start + geo.inodes_per_group * geo.inode_size, _ITABLE,
+                         group * geo.inodes_per_group + 1)  # fmt: skip
+
+    # --- inode tables -------------------------------------------------------------------
+
+    def _inode_block(
+        self, block: memoryview, at: int, first_ino: int, geo: Ext4Geometry
+    ) -> list[FormatBlock]:
+        size = geo.inode_size
+        checked, torn_at = 0, None
+        for i in range(geo.blocksize // size):
+            raw = block[i * size : (i + 1) * size]
+            if not any(raw):
+                continue
+            seed = self._inode_seed(raw, first_ino + i, geo)
+            if not self._inode_ok(raw, seed, size):
+                torn_at = at + i * size if torn_at is None else torn_at
+                continue
+            checked += 1
+            self._learn_owner(raw, first_ino + i, seed)
+        if checked == 0 and torn_at is None:
+            return []  # an unused stretch of the table: nothing checksummed
+        return [
+            _placed("ext4.inode", at, geo.blocksize, first_ino, checked=checked, torn_at=torn_at)
+        ]
+
+    @staticmethod
+    def _inode_seed(raw: memoryview, ino: int, geo: Ext4Geometry) -> int:
+        return crc32c_raw(crc32c_raw(geo.csum_seed, _U32.pack(ino)), raw[0x64:0x68])
+
+    @staticmethod
+    def _inode_ok(raw: memoryview, seed: int, size: int) -> bool:
+        """ext4_inode_csum_verify(): i_checksum_lo, and _hi when i_extra_isize covers it."""
+        crc = crc32c_raw(seed, bytes(raw[:0x7C]) + b"\0\0" + bytes(raw[0x7E:_GOOD_OLD_INODE]))
+        want, has_hi = _U16.unpack_from(raw, 0x7C)[0], False
+        if size > _GOOD_OLD_INODE:
+            has_hi = _GOOD_OLD_INODE + _U16.unpack_from(raw, 0x80)[0] >= 0x84
+            rest = bytes(raw[0x80:0x82]) + (b"\0\0" + bytes(raw[0x84:]) if has_hi
+                                             else bytes(raw[0x82:]))  # fmt: skip
+            crc = crc32c_raw(crc, rest)
+            want |= _U16.unpack_from(raw, 0x82)[0] << 16 if has_hi else 0
+        return bool((crc if has_hi else crc & 0xFFFF) == want)
+
+    def _learn_owner(self, raw: memoryview, ino: int, seed: int) -> None:
+        """Remember which blocks this inode's seed checks: its extent tree, a dir's blocks."""
+        is_dir = _U16.unpack_from(raw, 0)[0] & 0xF000 == 0x4000
+        if is_dir:
+            self.learned.dir_seeds[ino] = seed
+        root = raw[0x28 : 0x28 + 60]
+        if bytes(root[:2]) == _EXTENT_MAGIC:
+            self._learn_extents(root, ino, seed, is_dir)
+
+    def _learn_extents(self, node: memoryview, ino: int, seed: int, is_dir: bool) -> None:
+        entries, depth = _U16.unpack_from(node, 2)[0], _U16.unpack_from(node, 6)[0]
+        owners = self.learned.owners
+        for e in range(12, min(12 + 12 * entries, len(node) - 11), 12):
+            if depth > 0:
+                leaf = _U32.unpack_from(node, e + 4)[0] | _U16.unpack_from(node, e + 8)[0] << 32
+                owners[leaf] = (ino, seed, is_dir)
+            elif is_dir:
+                length = _U16.unpack_from(node, e + 4)[0] & 0x7FFF
+                start = _U32.unpack_from(node, e + 8)[0] | _U16.unpack_from(node, e + 6)[0] << 32
+                owners.update(dict.fromkeys(range(start, start + length), (ino, seed, True)))
+
+    # --- extent tree and directory leaf blocks (a tail checksum, the owner's seed) ------
+
+    def _tailed_blocks(self, data: memoryview, base: int, geo: Ext4Geometry) -> list[FormatBlock]:
+        bs = geo.blocksize
+        first = (-base) % bs
+        found = []
+        for p in range(first, len(data) - bs + 1, bs):
+            block = data[p : p + bs]
+            if bytes(block[:2]) == _EXTENT_MAGIC and _U16.unpack_from(block, 6)[0] < 8:
+                found.append(self._extent_block(block, base + p, geo))
+            elif bytes(block[bs - 12 : bs - 4]) == _DIR_TAIL:
+                found.append(self._dir_block(block, base + p, geo))
+        return [b for b in found if b is not None]
+
+    def _owner(self, block: memoryview, at: int, geo: Ext4Geometry) -> tuple[int, int, bool] | None:
+        owner = self.learned.owners.get(at // geo.blocksize)
+        if owner is None and bytes(block[6:9]) == b"\x01\x02.":  # "." entry names the dir
+            ino = _U32.unpack_from(block, 0)[0]
+            seed = self.learned.dir_seeds.get(ino)
+            owner = None if seed is None else (ino, seed, True)
+        return owner
+
+    def _extent_block(self, block: memoryview, at: int, geo: Ext4Geometry) -> FormatBlock | None:
+        eh_max = _U16.unpack_from(block, 4)[0]
+        tail = 12 + 12 * eh_max
+        if tail + 4 > geo.blocksize:
+            return None
+        return self._tail_checked("ext4.extent", block, at, tail, geo, learn=True)
+
+    def _dir_block(self, block: memoryview, at: int, geo: Ext4Geometry) -> FormatBlock | None:
+        return self._tail_checked("ext4.dir", block, at, geo.blocksize - 12, geo, learn=False)
+
+    def _tail_checked(
+        self, kind: str, block: memoryview, at: int, tail: int, geo: Ext4Geometry, *, learn: bool
+    ) -> FormatBlock:
+        owner = self._owner(block, at, geo)
+        if owner is None:
+            return FormatBlock("ext4", kind, at, geo.blocksize, None, (), Verdict.UNCHECKED,
+                               None, "owner inode not seen yet")  # fmt: skip
+        ino, seed, is_dir = owner
+        field = tail if kind == "ext4.extent" else tail + 8
+        ok = crc32c_raw(seed, block[:tail]) == _U32.unpack_from(block, field)[0]
+        if ok and learn:
+            self._learn_extents(block, ino, seed, is_dir)
+        return FormatBlock("ext4", kind, at, geo.blocksize, None, (ino,),
+                           Verdict.OK if ok else Verdict.TORN)  # fmt: skip
