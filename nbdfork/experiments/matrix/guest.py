@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from nbdfork.errors import ConfigError
-from nbdfork.experiments.matrix.plan import Plan, RunSpec
+from nbdfork.experiments.matrix.plan import STACK_MODULES, Plan, RunSpec
+from nbdfork.experiments.matrix.stackrun import StackRun
 from nbdfork.harness.guest import (
     Reporter,
     cpu_sample,
@@ -86,7 +87,9 @@ class GuestRunner:
         self.block = sys_root / "block" / self.dev.name
         self.queue = self.block / "queue"
         self.host_device = plan.device_location == "host"
-        self._connects = 0  # nbd-client attempts so far: each one uses up a host forward
+        # nbd-client attempts so far, per device: each one uses up a host forward
+        self._connects = [0] * max(1, plan.devices)
+        self._stack: StackRun | None = None  # the current run's stack, when not plain
 
     def prepare(self) -> None:
         """Modules and, for a device in the guest, nbdkit starting while this process imports
@@ -98,10 +101,13 @@ class GuestRunner:
             self._network_up(log)
         else:
             self.server.start()  # first: loading the plugin is the longest step
-        run_step(log, "modprobe", ["modprobe", "nbd", "nbds_max=2"], self.timeouts["modprobe"])
-        fs = sorted({r.fs for r in self.plan.runs})
-        if fs:
-            run_step(log, "modprobe", ["modprobe", "-a", *fs], self.timeouts["modprobe"])
+        nbds = f"nbds_max={max(2, self.plan.devices)}"
+        run_step(log, "modprobe", ["modprobe", "nbd", nbds], self.timeouts["modprobe"])
+        stacks = {r.stack.partition(":")[0] for r in self.plan.runs}
+        modules = sorted({r.fs for r in self.plan.runs} | {
+            m for s in stacks for m in STACK_MODULES.get(s, ())})  # fmt: skip
+        if modules:
+            run_step(log, "modprobe", ["modprobe", "-a", *modules], self.timeouts["modprobe"])
         # Heavy (numpy): imported now so that it overlaps with nbdkit loading the plugin.
         import nbdfork.workloads  # noqa: F401, PLC0415
 
@@ -210,12 +216,21 @@ class GuestRunner:
     def _setup(
         self, spec: RunSpec, record: dict[str, Any], log: Callable[[str], None]
     ) -> tuple[bool, bool]:
+        if spec.stack != "plain":
+            self._stack = StackRun(self.plan, spec, self._connects, self.timeouts, self.sys_root)
+            self.device_fs = None  # the stack's mkfs and teardown leave nbd0 to the next run
+            self._stack.setup(record, log)
+            return True, True
         t = self.timeouts
         self._connect(spec, log)
         record["connected_wall"] = time.time()
         self._wait_size(log)
         # stable_writes is copied into the superblock at mount: it must be set before mkfs/mount.
+        kernel_value = int((self.queue / "stable_writes").read_text().strip())
         got = _sysfs_write(self.queue / "stable_writes", spec.stable_writes)
+        record["layers"] = [{"path": self.plan.nbd_device, "kind": "nbd",
+                             "sysfs_name": self.dev.name, "stable_writes_kernel": kernel_value,
+                             "stable_writes_run": got}]  # fmt: skip
         record["stable_writes_read"] = got
         log(f"stable_writes: wrote {spec.stable_writes}, reads {got}")
         if got != spec.stable_writes:
@@ -243,10 +258,10 @@ class GuestRunner:
         device names the connection's report after it."""
         for attempt in range(1, CONNECTS_PER_RUN + 1):
             try:
-                target = self.plan.connect_target(self._connects)
+                target = self.plan.connect_target(self._connects[0])
             except ConfigError as exc:
                 raise StepError("connect", str(exc)) from None
-            self._connects += 1
+            self._connects[0] += 1
             argv = nbd_client_argv(target, self.plan.nbd_device, export=spec.id)
             try:
                 run_step(log, "connect", argv, self.timeouts["connect"])
@@ -340,6 +355,19 @@ class GuestRunner:
         mounted: bool,
         origin: float | None,
     ) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            problem = stack.teardown(record, log)
+            if problem:
+                self.wedged = f"{spec.id} ({problem})"
+                self._fail(record, StepError("teardown", problem), log)
+            elif stack.connected and not self.host_device:
+                try:
+                    split = self.server.collect(spec.id, run_dir, record)
+                    record["connection"] = split["connection"]
+                except StepError as exc:
+                    self._fail(record, exc, log)
+            return
         t = self.timeouts
         steps: list[tuple[str, list[str], float]] = []
         if mounted:

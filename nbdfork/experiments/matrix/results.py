@@ -22,6 +22,7 @@ from nbdfork import __version__
 from nbdfork.errors import ReportError
 from nbdfork.experiments.matrix.plan import Plan, RunSpec
 from nbdfork.experiments.matrix.schema import (
+    DeviceVerdicts,
     Durations,
     GuestCpu,
     HarnessTimings,
@@ -32,6 +33,7 @@ from nbdfork.experiments.matrix.schema import (
     ServiceTime,
     Workload,
 )
+from nbdfork.experiments.stacks.results import LayerReport, StackChecks
 from nbdfork.harness.guestdevice import collect_run
 from nbdfork.harness.protocol import Outcome
 from nbdfork.harness.steps import StepError
@@ -97,8 +99,8 @@ def run_record(
     found = _read_json(run_dir / "summary.json")
     summary = found or {}
     workload = _read_json(run_dir / "workload.json") or {}
-    counts = summary.get("counts") or {}
-    verdicts = {k: int(counts.get(v, 0)) for k, v in _VERDICT_KEYS.items()}
+    devices = _device_verdicts(run_dir, spec.devices)
+    verdicts = {k: sum(getattr(d, k) for d in devices) for k in _VERDICT_KEYS}
     outcome, error = outcome_of(result, verdicts, missing, has_summary=found is not None)
     if collect_error is not None and (result or {}).get("status") == "ok":
         outcome, error = Outcome.HARNESS_ERROR, collect_error
@@ -117,8 +119,8 @@ def run_record(
         workload=cast(Workload, spec.workload),
         workload_options=workload.get("config") or dict(spec.workload_options),
         seconds=spec.seconds,
-        writes=int(summary.get("writes", 0)),
-        stamped_pages=int(summary.get("stamped_pages", 0)),
+        writes=sum(d.writes for d in devices),
+        stamped_pages=sum(d.stamped_pages for d in devices),
         **verdicts,
         writer_latency_ms=latency or LatencySummary.empty(),
         device_write_service_ms=_typed(ServiceTime, summary.get("write_service_ms"),
@@ -135,7 +137,26 @@ def run_record(
             **{k: float(durations.get(k) or 0.0) for k in ("setup_s", "workload_s", "teardown_s")}
         ),
         dir=f"runs/{spec.id}",
+        stack=spec.stack,
+        layers=tuple(_typed(list[LayerReport], (result or {}).get("layers"),
+                            f"{run_dir}/result.json") or ()),
+        checks=_typed(StackChecks, (result or {}).get("checks"), f"{run_dir}/result.json"),
+        devices=devices if spec.devices > 1 else (),
     )  # fmt: skip
+
+
+def _device_verdicts(run_dir: Path, count: int) -> tuple[DeviceVerdicts, ...]:
+    """Each device's verdict counts from its share of the reports (zeroes when missing)."""
+    found = []
+    for device in range(count):
+        summary = _read_json(device_dir(run_dir, device) / "summary.json") or {}
+        counts = summary.get("counts") or {}
+        found.append(DeviceVerdicts(
+            device=device, writes=int(summary.get("writes", 0)),
+            stamped_pages=int(summary.get("stamped_pages", 0)),
+            **{k: int(counts.get(v, 0)) for k, v in _VERDICT_KEYS.items()},
+        ))  # fmt: skip
+    return tuple(found)
 
 
 def _version_of(argv: list[str]) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from nbdfork.experiments.stacks.results import LayerReport, StackChecks
 from nbdfork.harness.protocol import Outcome
 from nbdfork.report.codec import REPORT_FILE, Record, read_json, write_json
 from nbdfork.report.measures import Count, Histogram, JSONValue, LatencySummary, ServiceTime
@@ -21,6 +22,7 @@ __all__ = [
     "REPORT_FILE",
     "SCHEMA",
     "Count",
+    "DeviceVerdicts",
     "Durations",
     "GuestCpu",
     "HarnessTimings",
@@ -59,6 +61,17 @@ class GuestCpu(Record, frozen=True, kw_only=True):
     guest_busy_fraction: float | None = None
 
 
+class DeviceVerdicts(Record, frozen=True, kw_only=True):
+    """What one device of a run's stack received, as its own oracle judged it."""
+
+    device: int  # 0 .. devices-1: /dev/nbdN in the guest
+    writes: Count
+    stamped_pages: Count
+    torn: Count
+    stale: Count
+    overlapping: Count
+
+
 class RunResult(Record, frozen=True, kw_only=True):
     """One configuration (fs x stable_writes x workload) of a matrix run and what the oracle saw."""
 
@@ -90,6 +103,10 @@ class RunResult(Record, frozen=True, kw_only=True):
     device_write_service_ms: ServiceTime | None = None
     device_write_sizes: dict[str, Count] | None = None  # WRITE bytes -> how many
     guest_cpu: GuestCpu | None = None
+    stack: str = "plain"  # the storage stack between the filesystem and the devices
+    layers: tuple[LayerReport, ...] = ()  # top down: stable_writes (kernel's, the run's)
+    checks: StackChecks | None = None  # every layer's own checker after the workload
+    devices: tuple[DeviceVerdicts, ...] = ()  # per device of the stack (counts above: the sum)
 
     @property
     def completed(self) -> bool:
