@@ -24,6 +24,7 @@ from nbdfork.files import LOG_FILE, ReportDir
 from nbdfork.log import get_logger
 from nbdfork.oracle.events import EventLog, NullSink
 from nbdfork.oracle.verify import judge
+from nbdfork.verdicts import WRITE_VERDICTS
 
 __all__ = [
     "SUMMARY_SCHEMA",
@@ -32,7 +33,7 @@ __all__ = [
 
 SUMMARY_SCHEMA = "nbdfork.summary/1"
 CONNECTION_SCHEMA = "nbdfork.connection/1"
-VERDICTS = ("torn_write", "stale_write", "overlapping_write")
+VERDICTS = tuple(map(str, WRITE_VERDICTS))
 
 
 class DeviceService:

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nbdfork"
 
 FLOORS: dict[str, int] = {
     "nbdfork": 0, "nbdfork.errors": 0, "nbdfork.seeds": 0, "nbdfork.config": 0,
-    "nbdfork.log": 0, "nbdfork.files": 0, "nbdfork.options": 0,
+    "nbdfork.log": 0, "nbdfork.files": 0, "nbdfork.options": 0, "nbdfork.verdicts": 0,
     "nbdfork.device": 1,
     "nbdfork.oracle": 2,
     "nbdfork.workloads": 3, "nbdfork.server": 3, "nbdfork.report": 3,

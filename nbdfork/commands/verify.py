@@ -16,10 +16,11 @@ from nbdfork.device.trace import MAGIC as TRACE_MAGIC
 from nbdfork.errors import ReportError
 from nbdfork.oracle.events import EventLog, read_events, summarize
 from nbdfork.oracle.rejudge import rejudge_trace
+from nbdfork.verdicts import WRITE_VERDICTS
 
 __all__ = ["register"]
 
-_VERDICTS = ("torn_write", "stale_write", "overlapping_write")
+_VERDICTS = tuple(map(str, WRITE_VERDICTS))
 _EPILOG = """\
 examples:
   nbdfork verify out/

@@ -27,6 +27,7 @@ from nbdfork.device.store import Store
 from nbdfork.device.trace import FLAG_FAILED, FLAG_FUA, Record, TraceWriter
 from nbdfork.device.trace import Op as TraceOp
 from nbdfork.errors import DeviceError
+from nbdfork.verdicts import WRITE_VERDICTS
 
 __all__ = ["Device", "DeviceStats", "ArrivedWrite", "service_percentiles"]
 
@@ -300,13 +301,13 @@ class Device:
     def connection_counts(self, connection: int) -> dict[str, int]:
         """The oracle's counts for one connection (zeroes when the oracle is off)."""
         if self.oracle is None:
-            return {"torn_write": 0, "stale_write": 0, "overlapping_write": 0}
+            return dict.fromkeys(map(str, WRITE_VERDICTS), 0)
         return self.oracle.counts(connection)
 
     def counts(self) -> dict[str, int]:
         """The oracle's verdict counts (zeroes when the oracle is off)."""
         if self.oracle is None:
-            return {"torn_write": 0, "stale_write": 0, "overlapping_write": 0}
+            return dict.fromkeys(map(str, WRITE_VERDICTS), 0)
         return self.oracle.counts()
 
     def close_connection(self, connection: int) -> None:

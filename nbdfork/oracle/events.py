@@ -16,10 +16,11 @@ from types import TracebackType
 from typing import TextIO
 
 from nbdfork.errors import OracleError
+from nbdfork.verdicts import Verdict
 
 __all__ = ["VERDICTS", "EventLog", "NullSink", "read_events", "summarize"]
 
-VERDICTS = ("torn_write", "stale_write", "overlapping_write", "lost_write")
+VERDICTS = tuple(str(v) for v in Verdict)
 """Every verdict kind; summarize() reports each, even at zero."""
 
 

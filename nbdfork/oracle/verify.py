@@ -27,6 +27,7 @@ from nbdfork.oracle.stamp import (
     find_pages,
     sector_generations,
 )
+from nbdfork.verdicts import WRITE_VERDICTS, Verdict
 
 __all__ = [
     "Event",
@@ -49,7 +50,7 @@ PageKey = tuple[int, int, int]
 """(lba, stream, page): where the oracle tracks replied generations."""
 
 COUNTED = (
-    "torn_write", "stale_write", "overlapping_write",
+    *map(str, WRITE_VERDICTS),
     "writes", "stamped_pages", "valid_pages", "torn_pages", "failed_writes", "unknown_replies",
     "incomplete_pages",
 )  # fmt: skip
@@ -91,7 +92,7 @@ def validate_torn(
     for offset, d in torn:
         gens = sorted({g for g in d.sector_generations if g is not None})
         events.append({
-            "event": "torn_write", "offset": offset, "lba": offset // SECTOR_SIZE,
+            "event": Verdict.TORN.value, "offset": offset, "lba": offset // SECTOR_SIZE,
             "length": PAGE_SIZE, "write_offset": req.offset, "write_length": req.length,
             "stream": d.stream, "page": d.page, "generations": gens,
             "sector_map": list(d.sector_generations), "first_mismatch": d.first_mismatch,
@@ -118,7 +119,7 @@ def validate_stale(
         newer = replied.get((lba, stream, page))
         if newer is not None and gen < newer:
             events.append({
-                "event": "stale_write", "offset": lba * SECTOR_SIZE, "lba": lba,
+                "event": Verdict.STALE.value, "offset": lba * SECTOR_SIZE, "lba": lba,
                 "length": PAGE_SIZE, "stream": stream, "page": page, "generation": gen,
                 "replied_generation": newer, "generations": [gen, newer], "phase": phase,
                 **_where(req),
@@ -134,7 +135,7 @@ def validate_overlap(req: WriteRequest, in_flight: Iterable[WriteRequest]) -> li
         end = min(req.end_sector, other.end_sector)
         if start < end:
             events.append({
-                "event": "overlapping_write", "offset": start * SECTOR_SIZE, "lba": start,
+                "event": Verdict.OVERLAPPING.value, "offset": start * SECTOR_SIZE, "lba": start,
                 "length": (end - start) * SECTOR_SIZE, "request_id": req.request_id,
                 "other_request_id": other.request_id, "connection": req.connection,
                 "other_connection": other.connection, "time": req.time,

@@ -16,13 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 from nbdfork.errors import ReportError
+from nbdfork.verdicts import Verdict
 
 __all__ = ["EVENTS_FILE", "PAGE_SIZE", "SECTOR_SIZE", "TearSamples", "read_tears", "tear_offset"]
 
 EVENTS_FILE = "events.jsonl"
 PAGE_SIZE = 4096
 SECTOR_SIZE = 512
-_TORN = b"torn_write"
+_TORN = Verdict.TORN.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,7 @@ def _torn_events(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
                 raise ReportError(f"{path}:{lineno}: not a JSON object: {exc}") from exc
             if not isinstance(event, dict):
                 raise ReportError(f"{path}:{lineno}: not a JSON object")
-            if event.get("event") == "torn_write":
+            if event.get("event") == Verdict.TORN:
                 yield lineno, event
 
 

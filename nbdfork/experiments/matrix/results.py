@@ -37,11 +37,12 @@ from nbdfork.experiments.stacks.results import LayerReport, StackChecks
 from nbdfork.harness.guestdevice import collect_run
 from nbdfork.harness.protocol import Outcome
 from nbdfork.harness.steps import StepError
+from nbdfork.verdicts import COLUMNS
 
 __all__ = ["build_report", "outcome_of", "run_record", "run_records", "tool_versions"]
 
 T = TypeVar("T")
-_VERDICT_KEYS = {"torn": "torn_write", "stale": "stale_write", "overlapping": "overlapping_write"}
+_VERDICT_KEYS = {column: str(verdict) for column, verdict in COLUMNS.items()}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from nbdfork.errors import ConfigError, ReportError
 from nbdfork.experiments.model.schema import ModelDevice
 from nbdfork.harness import nbdkit as launch
 from nbdfork.oracle.events import read_events
+from nbdfork.verdicts import Verdict
 
 __all__ = [
     "DeviceSettings",
@@ -169,12 +170,12 @@ def read_verdicts(report: Path) -> Verdicts:
         phases: dict[str, int] = {}
         events = report / "events.jsonl"
         for event in read_events(events) if events.exists() else []:
-            if event["event"] == "stale_write":
+            if event["event"] == Verdict.STALE:
                 phase = str(event.get("phase", "arrival"))
                 phases[phase] = phases.get(phase, 0) + 1
         return Verdicts(
-            torn=int(counts["torn_write"]), stale=int(counts["stale_write"]),
-            overlapping=int(counts["overlapping_write"]), writes=int(summary["writes"]),
+            torn=int(counts[Verdict.TORN]), stale=int(counts[Verdict.STALE]),
+            overlapping=int(counts[Verdict.OVERLAPPING]), writes=int(summary["writes"]),
             stamped_pages=int(summary["stamped_pages"]), stale_phases=phases,
         )  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError) as exc:
