@@ -11,16 +11,23 @@ made through nbdfork.files.ReportDir: no link planted there is ever followed.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
+
+import msgspec
 
 from nbdfork import __version__
 from nbdfork.config import DeviceConfig
 from nbdfork.device.clock import Clock
 from nbdfork.device.device import Device, DeviceStats, service_percentiles
 from nbdfork.device.paths import validate_paths
+from nbdfork.device.summary import (
+    CONNECTION_SCHEMA,
+    SUMMARY_SCHEMA,
+    ConnectionReport,
+    DeviceSummary,
+)
 from nbdfork.errors import ConfigError
-from nbdfork.files import LOG_FILE, ReportDir
+from nbdfork.files import LOG_FILE, ReportDir, encode_json
 from nbdfork.log import get_logger
 from nbdfork.oracle.events import EventLog, NullSink
 from nbdfork.oracle.verify import judge
@@ -31,8 +38,6 @@ __all__ = [
     "DeviceService",
 ]
 
-SUMMARY_SCHEMA = "nbdfork.summary/1"
-CONNECTION_SCHEMA = "nbdfork.connection/1"
 VERDICTS = tuple(map(str, WRITE_VERDICTS))
 
 
@@ -158,18 +163,18 @@ class DeviceService:
         running totals or cut events.jsonl by byte offset to know what one client did."""
         report = self.connection_report(connection)
         if self._dir is not None:
-            data = json.dumps(report, indent=2, sort_keys=True) + "\n"
+            data = encode_json(msgspec.convert(report, ConnectionReport))
             with self._write_lock:
-                self._dir.replace(f"connection-{connection}.json", data.encode())
+                self._dir.replace(f"connection-{connection}.json", data)
         return report
 
     def write_summary(self) -> dict[str, object]:
         """Write DIR/summary.json (if there is a report directory) and return the summary."""
         summary = self.summary()
         if self._dir is not None:
-            data = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+            data = encode_json(msgspec.convert(summary, DeviceSummary))
             with self._write_lock:
-                self._dir.replace("summary.json", data.encode())
+                self._dir.replace("summary.json", data)
                 self._last_written = {k: v for k, v in summary.items() if k != "duration_s"}
         return summary
 

@@ -50,18 +50,19 @@ def test_each_connection_reports_its_own_counters(
     one = connection_report(report, "ext4-sw0-pwrite")
     two = connection_report(report, "xfs-sw1-pwrite")
     assert one is not None and two is not None
-    assert (one["connection"], one["writes"], one["counts"]["stale_write"]) == (1, 2, 1)
-    assert (two["connection"], two["writes"], two["flushes"], two["stamped_pages"]) == (2, 3, 1, 3)
-    assert two["write_sizes"] == {"4096": 3} and one["write_sizes"] == {"4096": 2}
-    assert two["counts"] == {"torn_write": 0, "stale_write": 0, "overlapping_write": 0}
-    assert 0 <= one["opened_s"] <= one["closed_s"] <= two["opened_s"]
+    assert (one.connection, one.writes, one.counts["stale_write"]) == (1, 2, 1)
+    assert (two.connection, two.writes, two.flushes, two.stamped_pages) == (2, 3, 1, 3)
+    assert two.write_sizes == {"4096": 3} and one.write_sizes == {"4096": 2}
+    assert two.counts == {"torn_write": 0, "stale_write": 0, "overlapping_write": 0}
+    assert 0 <= one.opened_s <= one.closed_s <= two.opened_s
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     record = {"connected_wall": 100.0, "workload_wall": 100.5}
     summary = collect_run(report, "ext4-sw0-pwrite", run_dir, record, timeout=1)
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert [e["event"] for e in events] == ["stale_write"] and summary["run_split"]["events"] == 1
-    assert events[0]["run_time_s"] == round(events[0]["time"] - one["opened_s"] - 0.5, 6)
+    assert [e["event"] for e in events] == ["stale_write"] and summary.run_split is not None
+    assert summary.run_split.events == 1
+    assert events[0]["run_time_s"] == round(events[0]["time"] - one.opened_s - 0.5, 6)
     assert srv.stop() == 0
 
 

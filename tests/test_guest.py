@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from nbdfork.device.summary import CONNECTION_SCHEMA, ConnectionReport
 from nbdfork.errors import ConfigError, VMError, VMLost
 from nbdfork.experiments.matrix import cli as run_command
 from nbdfork.experiments.matrix import guest
@@ -32,6 +33,7 @@ from nbdfork.experiments.matrix.schema import (
     write_report,
 )
 from nbdfork.experiments.matrix.session import RunOptions
+from nbdfork.files import write_json
 from nbdfork.harness.boot import (
     BOOT_TRIM_MODULES,
     VMConfig,
@@ -107,17 +109,15 @@ class FakeServer:
     def check_alive(self) -> None:
         """Always alive."""
 
-    def collect(self, run_id: str, run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    def collect(self, run_id: str, run_dir: Path, record: dict[str, Any]) -> ConnectionReport:
         """The connection's summary and (empty) events."""
         self.connections += 1
-        summary = {
-            "counts": {"torn_write": 0},
-            "writes": 3,
-            "stamped_pages": 2,
-            "connection": self.connections,
-            "export": run_id,
-        }
-        (run_dir / "summary.json").write_text(json.dumps(summary))
+        summary = ConnectionReport(
+            schema=CONNECTION_SCHEMA, version="0", started="", seed=1, settings={},
+            counts={"torn_write": 0}, writes=3, stamped_pages=2, connection=self.connections,
+            export=run_id, opened_s=0.0, closed_s=1.0,
+        )  # fmt: skip
+        write_json(run_dir / "summary.json", summary)
         (run_dir / "events.jsonl").write_text("")
         return summary
 
@@ -303,9 +303,10 @@ def test_device_report_is_collected_per_connection(tmp_path: Path) -> None:
     server = DeviceServer(plan, report, lambda message: None)
     server.proc = AliveProc()  # type: ignore[assignment]
     for n, (export, opened) in enumerate([("a", 1.0), ("b", 10.0), ("b", 30.0)], start=1):
-        report.joinpath(f"connection-{n}.json").write_text(json.dumps(
-            {"connection": n, "export": export, "opened_s": opened, "writes": n,
-             "counts": {"torn_write": n}}
+        write_json(report / f"connection-{n}.json", ConnectionReport(
+            schema=CONNECTION_SCHEMA, version="0", started="", seed=1, settings={},
+            connection=n, export=export, opened_s=opened, closed_s=opened + 1, writes=n,
+            counts={"torn_write": n},
         ))  # fmt: skip
     with (report / "events.jsonl").open("w") as f:
         for conn, t in [(1, 5.0), (2, 20.0), (3, 40.0), (3, 41.0)]:
@@ -315,7 +316,8 @@ def test_device_report_is_collected_per_connection(tmp_path: Path) -> None:
     split = server.collect("b", run, {"connected_wall": 500.0, "workload_wall": 502.0})
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert [e["run_time_s"] for e in events] == [8.0, 9.0]  # connection 3: the last "b"
-    assert split["counts"] == {"torn_write": 3} and split["run_split"]["events"] == 2
+    assert split.counts == {"torn_write": 3}
+    assert split.run_split is not None and split.run_split.events == 2
     assert json.loads((run / "summary.json").read_text())["writes"] == 3
 
 
@@ -469,15 +471,11 @@ def write_run_files(out: Path, spec: RunSpec, torn: int) -> None:
             }
         )
     )
-    (run_dir / "summary.json").write_text(
-        json.dumps(
-            {
-                "writes": 100,
-                "stamped_pages": 80,
-                "counts": {"torn_write": torn, "stale_write": 0, "overlapping_write": 0},
-            }
-        )
-    )
+    write_json(run_dir / "summary.json", ConnectionReport(
+        schema=CONNECTION_SCHEMA, version="0", started="", seed=1, settings={}, connection=1,
+        export=spec.id, opened_s=0.0, closed_s=6.0, writes=100, stamped_pages=80,
+        counts={"torn_write": torn, "stale_write": 0, "overlapping_write": 0},
+    ))  # fmt: skip
     (run_dir / "workload.json").write_text(
         json.dumps(
             {

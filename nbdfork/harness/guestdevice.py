@@ -16,9 +16,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from nbdfork.device.summary import ConnectionReport, RunSplit, read
+from nbdfork.errors import ReportError
+from nbdfork.files import write_json
 from nbdfork.harness import nbdkit as launch
 from nbdfork.harness.protocol import DevicePlan
-from nbdfork.harness.steps import DEFAULT_TIMEOUTS, StepError, terminate, write_json
+from nbdfork.harness.steps import DEFAULT_TIMEOUTS, StepError, terminate
 
 __all__ = ["DeviceServer", "collect_run", "connection_report", "nbdkit_argv"]
 
@@ -30,22 +35,21 @@ def nbdkit_argv(plan: DevicePlan, report: Path, socket: str | None = None) -> li
     return launch.plugin_argv(params, unix=socket or plan.socket, plugin=plan.plugin)
 
 
-def connection_report(report: Path, export: str) -> dict[str, Any] | None:
-    """The report of the last connection named `export` (None if there is none yet)."""
-    found: dict[str, Any] | None = None
+def connection_report(report: Path, export: str) -> ConnectionReport | None:
+    """The report of the last connection named `export` (None if there is none yet; a file
+    still being written, or not a connection report, is passed over)."""
+    found: ConnectionReport | None = None
     for path in sorted(report.glob("connection-*.json")):
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, dict) or data.get("export") != export:
-                continue
-            if found is None or int(data["connection"]) > int(found["connection"]):
+        with contextlib.suppress(ReportError):
+            data = read(path, ConnectionReport)
+            if data.export == export and (found is None or data.connection > found.connection):
                 found = data
     return found
 
 
 def collect_run(
     report: Path, run_id: str, run_dir: Path, record: Mapping[str, Any], *, timeout: float
-) -> dict[str, Any]:
+) -> ConnectionReport:
     """Write the run's summary.json (its connection's report) and events.jsonl (the events
     naming that connection, each with `run_time_s` since the workload started); waits up to
     `timeout` for the connection's report. StepError if it never comes."""
@@ -54,7 +58,7 @@ def collect_run(
         if time.monotonic() > deadline:
             raise StepError("summary", f"no report of connection {run_id!r} in {timeout:g} s")
         time.sleep(0.05)
-    connection = int(summary["connection"])
+    connection = summary.connection
     origin = _workload_origin(summary, record)
     count = 0
     with (run_dir / "events.jsonl").open("w", encoding="utf-8") as out:
@@ -65,8 +69,9 @@ def collect_run(
                     event["run_time_s"] = round(float(event["time"]) - origin, 6)
                 out.write(json.dumps(event, separators=(",", ":")) + "\n")
                 count += 1
-    summary["run_split"] = {"connection": connection, "events": count,
-                            "device_report": str(report)}  # fmt: skip
+    summary = msgspec.structs.replace(
+        summary, run_split=RunSplit(connection=connection, events=count, device_report=str(report))
+    )
     write_json(run_dir / "summary.json", summary)
     return summary
 
@@ -78,14 +83,13 @@ def _lines(path: Path) -> list[bytes]:
     return []
 
 
-def _workload_origin(summary: Mapping[str, Any], record: Mapping[str, Any]) -> float | None:
+def _workload_origin(summary: ConnectionReport, record: Mapping[str, Any]) -> float | None:
     """The workload's start on the device clock: the connection opened at `opened_s`, and the
     guest measured the time from its connect to the workload start on its own clock."""
-    opened = summary.get("opened_s")
     connected, started = record.get("connected_wall"), record.get("workload_wall")
-    if not all(isinstance(v, int | float) for v in (opened, connected, started)):
+    if not isinstance(connected, int | float) or not isinstance(started, int | float):
         return None
-    return float(opened) + float(started) - float(connected)  # type: ignore[arg-type]
+    return summary.opened_s + float(started) - float(connected)
 
 
 class DeviceServer:
@@ -132,7 +136,7 @@ class DeviceServer:
                 tail = lines[-1] if lines else ""
             raise StepError("nbdkit", f"exited with status {self.proc.returncode}: {tail[:200]}")
 
-    def collect(self, run_id: str, run_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+    def collect(self, run_id: str, run_dir: Path, record: Mapping[str, Any]) -> ConnectionReport:
         """The run's summary.json and events.jsonl, from its connection's report."""
         self.check_alive()
         return collect_run(self.report, run_id, run_dir, record, timeout=self._timeouts["summary"])

@@ -364,7 +364,7 @@ class GuestRunner:
             elif stack.connected and not self.host_device:
                 try:
                     split = self.server.collect(spec.id, run_dir, record)
-                    record["connection"] = split["connection"]
+                    record["connection"] = split.connection
                 except StepError as exc:
                     self._fail(record, exc, log)
             return
@@ -389,7 +389,7 @@ class GuestRunner:
         if connected and not self.host_device:  # a host device's reports are the host's
             try:
                 split = self.server.collect(spec.id, run_dir, record)
-                record["connection"] = split["connection"]
+                record["connection"] = split.connection
             except StepError as exc:
                 self._fail(record, exc, log)
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 import msgspec
 
 from nbdfork import __version__
+from nbdfork.device.summary import ConnectionReport, read
 from nbdfork.errors import ReportError
 from nbdfork.experiments.matrix.plan import Plan, RunSpec
 from nbdfork.experiments.matrix.schema import (
@@ -97,8 +98,7 @@ def run_record(
     """One entry of report.json's `runs`, from the run's directory."""
     run_dir = out / "runs" / spec.id
     result = _read_json(run_dir / "result.json")
-    found = _read_json(run_dir / "summary.json")
-    summary = found or {}
+    found = _summary(run_dir)
     workload = _read_json(run_dir / "workload.json") or {}
     devices = _device_verdicts(run_dir, spec.devices)
     verdicts = {k: sum(getattr(d, k) for d in devices) for k in _VERDICT_KEYS}
@@ -124,9 +124,9 @@ def run_record(
         stamped_pages=sum(d.stamped_pages for d in devices),
         **verdicts,
         writer_latency_ms=latency or LatencySummary.empty(),
-        device_write_service_ms=_typed(ServiceTime, summary.get("write_service_ms"),
+        device_write_service_ms=_typed(ServiceTime, found.write_service_ms if found else None,
                                        f"{run_dir}/summary.json"),
-        device_write_sizes=summary.get("write_sizes"),
+        device_write_sizes=found.write_sizes if found else None,
         writer_latency_hist=hist or Histogram(),
         writer_ops=int(workload.get("writer_ops", 0)),
         outcome=outcome,
@@ -150,14 +150,20 @@ def _device_verdicts(run_dir: Path, count: int) -> tuple[DeviceVerdicts, ...]:
     """Each device's verdict counts from its share of the reports (zeroes when missing)."""
     found = []
     for device in range(count):
-        summary = _read_json(device_dir(run_dir, device) / "summary.json") or {}
-        counts = summary.get("counts") or {}
+        summary = _summary(device_dir(run_dir, device))
+        counts = summary.counts if summary else {}
         found.append(DeviceVerdicts(
-            device=device, writes=int(summary.get("writes", 0)),
-            stamped_pages=int(summary.get("stamped_pages", 0)),
+            device=device, writes=summary.writes if summary else 0,
+            stamped_pages=summary.stamped_pages if summary else 0,
             **{k: int(counts.get(v, 0)) for k, v in _VERDICT_KEYS.items()},
         ))  # fmt: skip
     return tuple(found)
+
+
+def _summary(directory: Path) -> ConnectionReport | None:
+    """A run's (or one device's) summary.json as the harness cut it out; None if absent."""
+    path = directory / "summary.json"
+    return read(path, ConnectionReport) if path.exists() else None
 
 
 def _version_of(argv: list[str]) -> str | None:

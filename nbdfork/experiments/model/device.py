@@ -8,7 +8,6 @@ directory the oracle inside nbdkit wrote (summary.json and events.jsonl).
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from nbdfork.config import parse_duration, parse_params
+from nbdfork.device.summary import DeviceSummary, read
 from nbdfork.errors import ConfigError, ReportError
 from nbdfork.experiments.model.schema import ModelDevice
 from nbdfork.harness import nbdkit as launch
@@ -164,9 +164,9 @@ class Verdicts:
 def read_verdicts(report: Path) -> Verdicts:
     """Read DIR/summary.json and DIR/events.jsonl written by the plugin."""
     path = report / "summary.json"
+    summary = read(path, DeviceSummary)
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-        counts = summary["counts"]
+        counts = summary.counts
         phases: dict[str, int] = {}
         events = report / "events.jsonl"
         for event in read_events(events) if events.exists() else []:
@@ -175,8 +175,8 @@ def read_verdicts(report: Path) -> Verdicts:
                 phases[phase] = phases.get(phase, 0) + 1
         return Verdicts(
             torn=int(counts[Verdict.TORN]), stale=int(counts[Verdict.STALE]),
-            overlapping=int(counts[Verdict.OVERLAPPING]), writes=int(summary["writes"]),
-            stamped_pages=int(summary["stamped_pages"]), stale_phases=phases,
+            overlapping=int(counts[Verdict.OVERLAPPING]), writes=summary.writes,
+            stamped_pages=summary.stamped_pages, stale_phases=phases,
         )  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ReportError(f"{path}: no usable summary from the device ({exc})") from None
