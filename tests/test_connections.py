@@ -57,8 +57,7 @@ def test_each_connection_reports_its_own_counters(
     assert 0 <= one.opened_s <= one.closed_s <= two.opened_s
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    record = {"connected_wall": 100.0, "workload_wall": 100.5}
-    summary = collect_run(report, "ext4-sw0-pwrite", run_dir, record, timeout=1)
+    summary = collect_run(report, "ext4-sw0-pwrite", run_dir, 100.0, 100.5, timeout=1)
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["stale_write"] and summary.run_split is not None
     assert summary.run_split.events == 1

@@ -25,6 +25,7 @@ from nbdfork.experiments.matrix import guest
 from nbdfork.experiments.matrix.experiment import EXPERIMENT as RUN
 from nbdfork.experiments.matrix.guest import GuestRunner
 from nbdfork.experiments.matrix.plan import Plan, RunSpec, build_runs, run_id
+from nbdfork.experiments.matrix.record import RunRecord
 from nbdfork.experiments.matrix.results import build_report, outcome_of, run_record, run_records
 from nbdfork.experiments.matrix.schema import (
     HarnessTimings,
@@ -109,7 +110,9 @@ class FakeServer:
     def check_alive(self) -> None:
         """Always alive."""
 
-    def collect(self, run_id: str, run_dir: Path, record: dict[str, Any]) -> ConnectionReport:
+    def collect(
+        self, run_id: str, run_dir: Path, connected: float | None, started: float | None
+    ) -> ConnectionReport:
         """The connection's summary and (empty) events."""
         self.connections += 1
         summary = ConnectionReport(
@@ -174,11 +177,11 @@ def test_stable_writes_is_set_before_mkfs_and_mount(rig: dict[str, Any]) -> None
     plan = make_plan(rig["tmp"])
     runner = runner_for(rig, plan)
     record = runner.run_one(plan.runs[1])  # stable_writes=1
-    assert record["status"] == "ok", record["error"]
+    assert record.status == "ok", record.error
     calls = [c.split()[0] for c in tool_calls(rig)]
     assert calls == ["nbd-client", "mkfs.ext4", "mount", "umount", "nbd-client"]
     assert all(c.endswith("sw=1") for c in tool_calls(rig)[1:3])
-    assert record["stable_writes_read"] == record["stable_writes_after_mount"] == 1
+    assert record.stable_writes_read == record.stable_writes_after_mount == 1
     run_dir = Path(plan.out) / "runs" / plan.runs[1].id
     assert json.loads((run_dir / "result.json").read_text())["status"] == "ok"
     assert json.loads((run_dir / "workload.json").read_text())["writer_ops"] == 12
@@ -189,14 +192,14 @@ def test_mkfs_runs_once_per_filesystem_unless_asked(rig: dict[str, Any]) -> None
     plan = make_plan(rig["tmp"])
     runner = runner_for(rig, plan)
     records = [runner.run_one(spec) for spec in plan.runs]
-    assert [r["mkfs"] for r in records] == ["fresh", "reused"]
+    assert [r.mkfs for r in records] == ["fresh", "reused"]
     mounts = [c for c in tool_calls(rig) if c.startswith("mount")]
     assert [m.rsplit("sw=", 1)[1] for m in mounts] == ["0", "1"]
     assert "-o noinit_itable" in mounts[0]
     rig["log"].unlink()
     each = make_plan(rig["tmp"], mkfs_each_run=True)
     runner = runner_for(rig, each)
-    assert [runner.run_one(s)["mkfs"] for s in each.runs] == ["fresh", "fresh"]
+    assert [runner.run_one(s).mkfs for s in each.runs] == ["fresh", "fresh"]
 
 
 def test_a_failed_mkfs_is_a_harness_error_and_still_disconnects(rig: dict[str, Any]) -> None:
@@ -206,11 +209,11 @@ def test_a_failed_mkfs_is_a_harness_error_and_still_disconnects(rig: dict[str, A
     plan = make_plan(rig["tmp"])
     runner = runner_for(rig, plan)
     record = runner.run_one(plan.runs[0])
-    assert record["status"] == "error" and record["failed_step"] == "mkfs"
-    assert "exited 3" in record["error"] and "injected failure" in record["error"]
+    assert record.status == "error" and record.failed_step == "mkfs"
+    assert "exited 3" in record.error and "injected failure" in record.error
     assert tool_calls(rig)[-1].startswith("nbd-client -d")
     rig["install"]()
-    assert runner.run_one(plan.runs[1])["mkfs"] == "fresh"
+    assert runner.run_one(plan.runs[1]).mkfs == "fresh"
 
 
 def test_a_hanging_step_times_out_as_a_harness_error(rig: dict[str, Any]) -> None:
@@ -220,7 +223,7 @@ def test_a_hanging_step_times_out_as_a_harness_error(rig: dict[str, Any]) -> Non
     started = time.monotonic()
     record = runner_for(rig, plan).run_one(plan.runs[0])
     assert time.monotonic() - started < 8
-    assert record["failed_step"] == "mount" and "did not finish in 0.5 s" in record["error"]
+    assert record.failed_step == "mount" and "did not finish in 0.5 s" in record.error
 
 
 def test_stable_writes_that_does_not_take_fails_the_run(
@@ -230,8 +233,8 @@ def test_stable_writes_that_does_not_take_fails_the_run(
     monkeypatch.setattr(guest, "_sysfs_write", lambda path, value: 0)
     plan = make_plan(rig["tmp"])
     record = runner_for(rig, plan).run_one(plan.runs[1])
-    assert record["failed_step"] == "stable_writes"
-    assert "wrote 1 but it reads 0" in record["error"]
+    assert record.failed_step == "stable_writes"
+    assert "wrote 1 but it reads 0" in record.error
     assert not any(c.startswith("mkfs") for c in tool_calls(rig))
 
 
@@ -240,9 +243,9 @@ def test_a_failed_umount_wedges_the_device_for_later_runs(rig: dict[str, Any]) -
     rig["install"](fail="umount")
     plan = make_plan(rig["tmp"])
     runner = runner_for(rig, plan)
-    assert runner.run_one(plan.runs[0])["failed_step"] == "umount"
+    assert runner.run_one(plan.runs[0]).failed_step == "umount"
     second = runner.run_one(plan.runs[1])
-    assert second["failed_step"] == "skipped" and plan.runs[0].id in second["error"]
+    assert second.failed_step == "skipped" and plan.runs[0].id in (second.error or "")
 
 
 def test_run_step_failure_and_timeout_are_step_errors() -> None:
@@ -313,7 +316,7 @@ def test_device_report_is_collected_per_connection(tmp_path: Path) -> None:
             f.write(json.dumps({"event": "torn_write", "time": t, "connection": conn}) + "\n")
     run = tmp_path / "r"
     run.mkdir()
-    split = server.collect("b", run, {"connected_wall": 500.0, "workload_wall": 502.0})
+    split = server.collect("b", run, 500.0, 502.0)
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert [e["run_time_s"] for e in events] == [8.0, 9.0]  # connection 3: the last "b"
     assert split.counts == {"torn_write": 3}
@@ -328,7 +331,7 @@ def test_a_run_without_a_connection_report_times_out(tmp_path: Path) -> None:
     server = DeviceServer(plan, tmp_path / "device", lambda message: None)
     server.proc = AliveProc()  # type: ignore[assignment]
     with pytest.raises(StepError, match=r"^summary: "):
-        server.collect("x", tmp_path, {})
+        server.collect("x", tmp_path, None, None)
 
 
 def test_reporter_pads_then_emits_marker_lines(tmp_path: Path) -> None:
@@ -447,10 +450,10 @@ def test_a_vm_that_dies_mid_run_is_lost_with_the_console_tail(tmp_path: Path) ->
 def test_outcomes() -> None:
     """passed / violations from the counts; harness_error from a failed step; a run without
     a result takes the reason given (vm_lost when the VM died)."""
-    ok = {"status": "ok"}
+    ok = RunRecord(status="ok")
     assert outcome_of(ok, {"torn": 0, "stale": 0, "overlapping": 0}) == (Outcome.PASSED, None)
     assert outcome_of(ok, {"torn": 3, "stale": 0})[0] is Outcome.VIOLATIONS
-    failed = {"status": "error", "error": "mkfs: exited 1"}
+    failed = RunRecord(status="error", error="mkfs: exited 1")
     assert outcome_of(failed, {"torn": 9}) == (Outcome.HARNESS_ERROR, "mkfs: exited 1")
     assert outcome_of(None, {}, (Outcome.VM_LOST, "gone")) == (Outcome.VM_LOST, "gone")
     assert outcome_of(None, {})[0] is Outcome.HARNESS_ERROR

@@ -12,7 +12,7 @@ import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ def connection_report(report: Path, export: str) -> ConnectionReport | None:
 
 
 def collect_run(
-    report: Path, run_id: str, run_dir: Path, record: Mapping[str, Any], *, timeout: float
+    report: Path, run_id: str, run_dir: Path, connected: float | None, started: float | None,
+    *, timeout: float,
 ) -> ConnectionReport:
     """Write the run's summary.json (its connection's report) and events.jsonl (the events
     naming that connection, each with `run_time_s` since the workload started); waits up to
@@ -59,7 +60,7 @@ def collect_run(
             raise StepError("summary", f"no report of connection {run_id!r} in {timeout:g} s")
         time.sleep(0.05)
     connection = summary.connection
-    origin = _workload_origin(summary, record)
+    origin = _workload_origin(summary, connected, started)
     count = 0
     with (run_dir / "events.jsonl").open("w", encoding="utf-8") as out:
         for raw in _lines(report / "events.jsonl"):
@@ -83,13 +84,15 @@ def _lines(path: Path) -> list[bytes]:
     return []
 
 
-def _workload_origin(summary: ConnectionReport, record: Mapping[str, Any]) -> float | None:
+def _workload_origin(
+    summary: ConnectionReport, connected: float | None, started: float | None
+) -> float | None:
     """The workload's start on the device clock: the connection opened at `opened_s`, and the
-    guest measured the time from its connect to the workload start on its own clock."""
-    connected, started = record.get("connected_wall"), record.get("workload_wall")
-    if not isinstance(connected, int | float) or not isinstance(started, int | float):
+    guest measured the time from its connect (`connected`) to the workload start (`started`)
+    on its own clock."""
+    if connected is None or started is None:
         return None
-    return summary.opened_s + float(started) - float(connected)
+    return summary.opened_s + started - connected
 
 
 class DeviceServer:
@@ -136,10 +139,13 @@ class DeviceServer:
                 tail = lines[-1] if lines else ""
             raise StepError("nbdkit", f"exited with status {self.proc.returncode}: {tail[:200]}")
 
-    def collect(self, run_id: str, run_dir: Path, record: Mapping[str, Any]) -> ConnectionReport:
+    def collect(
+        self, run_id: str, run_dir: Path, connected: float | None, started: float | None
+    ) -> ConnectionReport:
         """The run's summary.json and events.jsonl, from its connection's report."""
         self.check_alive()
-        return collect_run(self.report, run_id, run_dir, record, timeout=self._timeouts["summary"])
+        return collect_run(self.report, run_id, run_dir, connected, started,
+                           timeout=self._timeouts["summary"])  # fmt: skip
 
     def stop(self) -> int | None:
         """SIGTERM nbdkit (it writes its final summary) and wait; the exit status or None."""

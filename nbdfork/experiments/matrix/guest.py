@@ -23,11 +23,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+from nbdfork.device.summary import ConnectionReport
 from nbdfork.errors import ConfigError
 from nbdfork.experiments.matrix.plan import STACK_MODULES, Plan, RunSpec
+from nbdfork.experiments.matrix.record import RunRecord
 from nbdfork.experiments.matrix.stackrun import StackRun
+from nbdfork.experiments.stacks.results import LayerReport
+from nbdfork.files import write_json
 from nbdfork.harness.guest import (
     Reporter,
     cpu_sample,
@@ -41,7 +45,7 @@ from nbdfork.harness.guest import (
 from nbdfork.harness.guestdevice import DeviceServer
 from nbdfork.harness.hostdevice import GUEST_SYSCTLS_FILE
 from nbdfork.harness.protocol import CONNECTS_PER_RUN
-from nbdfork.harness.steps import DEFAULT_TIMEOUTS, StepError, run_step, write_json
+from nbdfork.harness.steps import DEFAULT_TIMEOUTS, StepError, run_step
 
 __all__ = ["RECORDED_SYSCTLS", "GuestRunner", "main"]
 
@@ -142,33 +146,20 @@ class GuestRunner:
         for index, spec in enumerate(self.plan.runs):
             self.reporter.emit("run-start", id=spec.id, index=index, seconds=spec.seconds)
             record = self.run_one(spec)
-            self.reporter.emit(
-                "run-end",
-                id=spec.id,
-                status=record["status"],
-                error=record["error"],
-                durations=record["durations"],
-            )
+            self.reporter.emit("run-end", id=spec.id, **record.summary())
 
-    def run_one(self, spec: RunSpec) -> dict[str, Any]:
+    def run_one(self, spec: RunSpec) -> RunRecord:
         """One configuration, start to finish; returns (and writes) its result.json."""
         run_dir = self.out / "runs" / spec.id
         run_dir.mkdir(parents=True, exist_ok=True)
-        record: dict[str, Any] = {
-            "id": spec.id,
-            "status": "ok",
-            "error": None,
-            "failed_step": None,
-            "kernel": os.uname().release,
-            "started": now_iso(),
-            "stable_writes": spec.stable_writes,
-            "stable_writes_read": None,
-            "stable_writes_after_mount": None,
-            "mkfs_argv": [*spec.mkfs, self.plan.nbd_device],
-            "mkfs": None,
-            "mount_options": spec.mount_options,
-            "durations": {"setup_s": 0.0, "workload_s": 0.0, "teardown_s": 0.0},
-        }
+        record = RunRecord(
+            id=spec.id,
+            kernel=os.uname().release,
+            started=now_iso(),
+            stable_writes=spec.stable_writes,
+            mkfs_argv=[*spec.mkfs, self.plan.nbd_device],
+            mount_options=list(spec.mount_options),
+        )
         log_file = (run_dir / "guest.log").open("a", buffering=1, encoding="utf-8")
         t0 = time.monotonic()
 
@@ -184,9 +175,9 @@ class GuestRunner:
         return record
 
     def _run_phases(
-        self, spec: RunSpec, run_dir: Path, record: dict[str, Any], log: Callable[[str], None]
+        self, spec: RunSpec, run_dir: Path, record: RunRecord, log: Callable[[str], None]
     ) -> None:
-        durations = record["durations"]
+        durations = record.durations
         connected = mounted = False
         phase_start = time.monotonic()
         origin: float | None = None
@@ -196,14 +187,14 @@ class GuestRunner:
             if not self.host_device:
                 self.server.check_alive()
             connected, mounted = self._setup(spec, record, log)
-            durations["setup_s"] = round(time.monotonic() - phase_start, 3)
+            durations.setup_s = round(time.monotonic() - phase_start, 3)
             self.reporter.emit("workload-start", id=spec.id)
             phase_start = time.monotonic()
-            origin = record["workload_wall"] = time.time()
+            origin = record.workload_wall = time.time()
             self._workload(spec, run_dir, record, log)
-            durations["workload_s"] = round(time.monotonic() - phase_start, 3)
+            durations.workload_s = round(time.monotonic() - phase_start, 3)
         except StepError as exc:
-            record.update(status="error", error=str(exc), failed_step=exc.step)
+            record.fail(exc.step, str(exc))
             self.device_fs = None  # whatever is on the device now, the next run formats it
             log(f"FAILED {exc}")
         finally:
@@ -211,10 +202,10 @@ class GuestRunner:
             self._teardown(
                 spec, run_dir, record, log, connected=connected, mounted=mounted, origin=origin
             )
-            durations["teardown_s"] = round(time.monotonic() - phase_start, 3)
+            durations.teardown_s = round(time.monotonic() - phase_start, 3)
 
     def _setup(
-        self, spec: RunSpec, record: dict[str, Any], log: Callable[[str], None]
+        self, spec: RunSpec, record: RunRecord, log: Callable[[str], None]
     ) -> tuple[bool, bool]:
         if spec.stack != "plain":
             self._stack = StackRun(self.plan, spec, self._connects, self.timeouts, self.sys_root)
@@ -223,15 +214,13 @@ class GuestRunner:
             return True, True
         t = self.timeouts
         self._connect(spec, log)
-        record["connected_wall"] = time.time()
+        record.connected_wall = time.time()
         self._wait_size(log)
         # stable_writes is copied into the superblock at mount: it must be set before mkfs/mount.
         kernel_value = int((self.queue / "stable_writes").read_text().strip())
         got = _sysfs_write(self.queue / "stable_writes", spec.stable_writes)
-        record["layers"] = [{"path": self.plan.nbd_device, "kind": "nbd",
-                             "sysfs_name": self.dev.name, "stable_writes_kernel": kernel_value,
-                             "stable_writes_run": got}]  # fmt: skip
-        record["stable_writes_read"] = got
+        record.layers = [LayerReport(self.plan.nbd_device, "nbd", self.dev.name, kernel_value, got)]
+        record.stable_writes_read = got
         log(f"stable_writes: wrote {spec.stable_writes}, reads {got}")
         if got != spec.stable_writes:
             raise StepError("stable_writes", f"wrote {spec.stable_writes} but it reads {got}")
@@ -246,7 +235,7 @@ class GuestRunner:
         )
         shutil.rmtree(Path(self.plan.mountpoint) / "nbdfork", ignore_errors=True)
         after = int((self.queue / "stable_writes").read_text().strip())
-        record["stable_writes_after_mount"] = after
+        record.stable_writes_after_mount = after
         if after != spec.stable_writes:
             wanted = spec.stable_writes
             raise StepError("stable_writes", f"reads {after} after mount, wanted {wanted}")
@@ -282,17 +271,17 @@ class GuestRunner:
                 raise StepError("disconnect", f"{self.dev} still in use after nbd-client -d")
             time.sleep(0.05)
 
-    def _mkfs(self, spec: RunSpec, record: dict[str, Any], log: Callable[[str], None]) -> None:
+    def _mkfs(self, spec: RunSpec, record: RunRecord, log: Callable[[str], None]) -> None:
         """mkfs, unless the device already holds a good filesystem of this kind: the device
         outlives the connection, and stable_writes is captured at mount, not at mkfs (mkfs.xfs
         zeroes a 64 MiB log through the plugin, seconds under TCG)."""
         if not self.plan.mkfs_each_run and self.device_fs == spec.fs:
-            record["mkfs"] = "reused"
+            record.mkfs = "reused"
             log(f"mkfs: reusing the {spec.fs} filesystem already on the device")
             return
         self.device_fs = None
         run_step(log, "mkfs", [*spec.mkfs, self.plan.nbd_device], self.timeouts["mkfs"])
-        record["mkfs"] = "fresh"
+        record.mkfs = "fresh"
         self.device_fs = spec.fs
 
     def _wait_size(self, log: Callable[[str], None]) -> None:
@@ -306,7 +295,7 @@ class GuestRunner:
         raise StepError("connect", f"{self.dev} has no size after nbd-client")
 
     def _workload(
-        self, spec: RunSpec, run_dir: Path, record: dict[str, Any], log: Callable[[str], None]
+        self, spec: RunSpec, run_dir: Path, record: RunRecord, log: Callable[[str], None]
     ) -> None:
         import numpy as np  # noqa: PLC0415  (the guest imports numpy after nbdkit started)
 
@@ -330,13 +319,13 @@ class GuestRunner:
         try:
             result = run_workload(spec.workload, config)
         except WorkloadSkipped as exc:
-            record.update(status="skipped", error=str(exc))
+            record.status, record.error = "skipped", str(exc)
             log(f"workload skipped: {exc}")
             return
         except OSError as exc:
             raise StepError("workload", f"{exc}") from exc
-        record["cpu"] = cpu_usage(before, cpu_sample(nbdkit))
-        log(f"cpu during the workload: {record['cpu']}")
+        record.cpu = cpu_usage(before, cpu_sample(nbdkit))
+        log(f"cpu during the workload: {record.cpu}")
         summary = result.summary()
         write_json(run_dir / "workload.json", summary)
         np.save(run_dir / "latency_ns.npy", result.samples_ns)
@@ -348,7 +337,7 @@ class GuestRunner:
         self,
         spec: RunSpec,
         run_dir: Path,
-        record: dict[str, Any],
+        record: RunRecord,
         log: Callable[[str], None],
         *,
         connected: bool,
@@ -363,8 +352,8 @@ class GuestRunner:
                 self._fail(record, StepError("teardown", problem), log)
             elif stack.connected and not self.host_device:
                 try:
-                    split = self.server.collect(spec.id, run_dir, record)
-                    record["connection"] = split.connection
+                    split = self._collect(spec, run_dir, record)
+                    record.connection = split.connection
                 except StepError as exc:
                     self._fail(record, exc, log)
             return
@@ -388,8 +377,8 @@ class GuestRunner:
                 return
         if connected and not self.host_device:  # a host device's reports are the host's
             try:
-                split = self.server.collect(spec.id, run_dir, record)
-                record["connection"] = split.connection
+                split = self._collect(spec, run_dir, record)
+                record.connection = split.connection
             except StepError as exc:
                 self._fail(record, exc, log)
 
@@ -398,11 +387,14 @@ class GuestRunner:
             return int((self.block / "size").read_text()) > 0
         return False
 
+    def _collect(self, spec: RunSpec, run_dir: Path, record: RunRecord) -> ConnectionReport:
+        """The run's share of the device's report (a device in the guest)."""
+        return self.server.collect(spec.id, run_dir, record.connected_wall, record.workload_wall)
+
     @staticmethod
-    def _fail(record: dict[str, Any], exc: StepError, log: Callable[[str], None]) -> None:
+    def _fail(record: RunRecord, exc: StepError, log: Callable[[str], None]) -> None:
         log(f"FAILED {exc}")
-        if record["status"] == "ok":
-            record.update(status="error", error=str(exc), failed_step=exc.step)
+        record.fail(exc.step, str(exc))
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from nbdfork import __version__
 from nbdfork.device.summary import ConnectionReport, read
 from nbdfork.errors import ReportError
 from nbdfork.experiments.matrix.plan import Plan, RunSpec
+from nbdfork.experiments.matrix.record import RunRecord, read_record
 from nbdfork.experiments.matrix.schema import (
     DeviceVerdicts,
     Durations,
@@ -34,7 +35,6 @@ from nbdfork.experiments.matrix.schema import (
     ServiceTime,
     Workload,
 )
-from nbdfork.experiments.stacks.results import LayerReport, StackChecks
 from nbdfork.harness.guestdevice import collect_run
 from nbdfork.harness.protocol import Outcome
 from nbdfork.harness.steps import StepError
@@ -55,7 +55,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def outcome_of(
-    result: Mapping[str, Any] | None,
+    result: RunRecord | None,
     verdicts: Mapping[str, int],
     missing: tuple[Outcome, str] | None = None,
     *,
@@ -65,10 +65,10 @@ def outcome_of(
     what became of a run that left no result (the VM was lost, the guest failed before it)."""
     if result is None:
         return missing or (Outcome.HARNESS_ERROR, "the guest left no result for this run")
-    if result.get("status") == "skipped":
-        return Outcome.SKIPPED, str(result.get("error") or "skipped")
-    if result.get("status") != "ok":
-        return Outcome.HARNESS_ERROR, str(result.get("error") or "failed")
+    if result.status == "skipped":
+        return Outcome.SKIPPED, result.error or "skipped"
+    if result.status != "ok":
+        return Outcome.HARNESS_ERROR, result.error or "failed"
     if not has_summary:
         return Outcome.HARNESS_ERROR, "the device left no report for this run's connection"
     if any(verdicts.values()):
@@ -97,26 +97,26 @@ def run_record(
 ) -> RunResult:
     """One entry of report.json's `runs`, from the run's directory."""
     run_dir = out / "runs" / spec.id
-    result = _read_json(run_dir / "result.json")
+    result = read_record(run_dir / "result.json")
     found = _summary(run_dir)
     workload = _read_json(run_dir / "workload.json") or {}
     devices = _device_verdicts(run_dir, spec.devices)
     verdicts = {k: sum(getattr(d, k) for d in devices) for k in _VERDICT_KEYS}
     outcome, error = outcome_of(result, verdicts, missing, has_summary=found is not None)
-    if collect_error is not None and (result or {}).get("status") == "ok":
+    if collect_error is not None and result is not None and result.status == "ok":
         outcome, error = Outcome.HARNESS_ERROR, collect_error
-    durations = (result or {}).get("durations") or {}
+    record = result or RunRecord()
     latency = _typed(LatencySummary, workload.get("writer_latency_ms"), f"{run_dir}/workload.json")
     hist = _typed(Histogram, workload.get("writer_latency_hist"), f"{run_dir}/workload.json")
     return RunResult(
         id=spec.id,
-        kernel=(result or {}).get("kernel") or kernel,
+        kernel=record.kernel or kernel,
         fs=spec.fs,
         mkfs_options=tuple(spec.mkfs[1:]),
-        mkfs=(result or {}).get("mkfs"),
+        mkfs=record.mkfs,
         mount_options=tuple(spec.mount_options),
         stable_writes=1 if spec.stable_writes else 0,
-        stable_writes_read=(result or {}).get("stable_writes_read"),
+        stable_writes_read=record.stable_writes_read,
         workload=cast(Workload, spec.workload),
         workload_options=workload.get("config") or dict(spec.workload_options),
         seconds=spec.seconds,
@@ -133,15 +133,14 @@ def run_record(
         error=error,
         seed=spec.seed,
         device=dict(device),
-        guest_cpu=_typed(GuestCpu, (result or {}).get("cpu"), f"{run_dir}/result.json"),
-        durations=Durations(
-            **{k: float(durations.get(k) or 0.0) for k in ("setup_s", "workload_s", "teardown_s")}
-        ),
+        guest_cpu=_typed(GuestCpu, record.cpu, f"{run_dir}/result.json"),
+        durations=Durations(setup_s=record.durations.setup_s,
+                            workload_s=record.durations.workload_s,
+                            teardown_s=record.durations.teardown_s),
         dir=f"runs/{spec.id}",
         stack=spec.stack,
-        layers=tuple(_typed(list[LayerReport], (result or {}).get("layers"),
-                            f"{run_dir}/result.json") or ()),
-        checks=_typed(StackChecks, (result or {}).get("checks"), f"{run_dir}/result.json"),
+        layers=tuple(record.layers),
+        checks=record.checks,
         devices=devices if spec.devices > 1 else (),
     )  # fmt: skip
 
@@ -206,14 +205,15 @@ def collect_host_runs(plan: Plan, reports: Sequence[Path]) -> dict[str, str]:
     problems: dict[str, str] = {}
     for spec in plan.runs:
         run_dir = Path(plan.out) / "runs" / spec.id
-        record = _read_json(run_dir / "result.json")
-        if record is None or not record.get("connected_wall"):
+        record = read_record(run_dir / "result.json")
+        if record is None or not record.connected_wall:
             continue
         for device in range(spec.devices):
             target = device_dir(run_dir, device)
             target.mkdir(parents=True, exist_ok=True)
             try:
-                collect_run(reports[device], spec.id, target, record, timeout=5.0)
+                collect_run(reports[device], spec.id, target, record.connected_wall,
+                            record.workload_wall, timeout=5.0)
             except StepError as exc:
                 problems.setdefault(spec.id, f"{exc.step}: device {device}: {exc}")
     return problems

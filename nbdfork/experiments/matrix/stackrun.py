@@ -15,11 +15,11 @@ import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from nbdfork.experiments.matrix.plan import Plan, RunSpec
+from nbdfork.experiments.matrix.record import RunRecord
 from nbdfork.experiments.stacks import (
     BuildPlan,
     StackError,
@@ -62,11 +62,11 @@ class StackRun:
         self.build: BuildPlan | None = None
         self.built = self.mounted = False
 
-    def setup(self, record: dict[str, Any], log: Log) -> None:
+    def setup(self, record: RunRecord, log: Log) -> None:
         """Connect every device, build the stack, stable_writes on top, mkfs, mount."""
         for index, device in enumerate(self.devices):
             self._connect(index, device, log)
-        record["connected_wall"] = time.time()
+        record.connected_wall = time.time()
         stack = parse_stack(self.spec.stack)
         self.build = plan_stack(stack, self.devices, self.spec.fs, self.plan.mountpoint)
         try:
@@ -75,18 +75,18 @@ class StackRun:
             raise StepError("stack", str(exc)) from None
         self.built = True
         built = set_stable_writes(built, self.spec.stable_writes)
-        record["layers"] = msgspec.to_builtins(built.layers)
-        record["stable_writes_read"] = self.spec.stable_writes
-        log(f"stack {self.spec.stack}: layers {record['layers']}")
+        record.layers = list(built.layers)
+        record.stable_writes_read = self.spec.stable_writes
+        log(f"stack {self.spec.stack}: layers {msgspec.to_builtins(record.layers)}")
         try:
             make_filesystem(self.build, log)
-            record["mkfs"] = "fresh"
+            record.mkfs = "fresh"
             mount(self.build, log)
         except StackError as exc:
             raise StepError("mkfs", str(exc)) from None
         self.mounted = True
 
-    def teardown(self, record: dict[str, Any], log: Log) -> str | None:
+    def teardown(self, record: RunRecord, log: Log) -> str | None:
         """Unmount, run every checker, tear the stack down, disconnect; the first failure
         that leaves an nbd device unusable (None when all is released)."""
         if self.build is not None and self.mounted:
@@ -96,10 +96,9 @@ class StackRun:
                 return f"umount: {exc}"
             self.mounted = False
         if self.build is not None and self.built:
-            if record.get("status") == "ok":
-                checks = run_checks(self.build, log)
-                record["checks"] = msgspec.to_builtins(checks)
-                log(f"checks: {record['checks']}")
+            if record.status == "ok":
+                record.checks = run_checks(self.build, log)
+                log(f"checks: {msgspec.to_builtins(record.checks)}")
             failed = teardown(self.build, log)
             if failed:
                 return f"stack teardown: {failed[0]}"
