@@ -227,6 +227,11 @@ def _expand(group: Mapping[str, Any], index: int, campaign_seed: int) -> list[Ce
         raise ConfigError(f"{where}.options.{overlap[0]}", "is also an axis")
     order = sorted(a for a in axes if a != "seed") + (["seed"] if "seed" in axes else [])
     _check_options(kind, {**dict.fromkeys(order), **options}, where)
+    if kind != EXEC:
+        known = experiment(kind).options_by_name
+        for axis in (a for a in order if a != "seed"):
+            for value in axes[axis]:
+                check_setting(known, axis, value, f"{where}.axes.{axis}")
     cells = []
     # Seeds vary slowest: every setting gets its first seed before any gets its second.
     outer = axes.get("seed", [None])
@@ -276,7 +281,8 @@ def _argv(
                 argv += [flag, _scalar(item, f"{where}.options.{key}")]
         else:
             argv += [flag, _scalar(value, f"{where}.options.{key}")]
-    return (*argv, "--seed", str(seed), "--out", OUT)
+    seeded = "seed" in experiment(kind).options_by_name  # an experiment with no randomness
+    return (*argv, *(("--seed", str(seed)) if seeded else ()), "--out", OUT)
 
 
 def _check_options(kind: str, settings: Mapping[str, Any], where: str) -> None:

@@ -1,18 +1,23 @@
 """The experiments, one package each: matrix (`nbdfork run`), crash (`nbdfork crash`), model
 (`nbdfork model`) and whatever else is added. Each package declares itself in its `experiment`
-module (`EXPERIMENT`, a nbdfork.harness.experiment.Experiment); `registry()` finds them all.
+module (`EXPERIMENT`, a nbdfork.harness.experiment.Experiment); `registry()` finds them all:
+the packages here, and any installed distribution's entry point in the group
+`nbdfork.experiments` (`name = "package.module:EXPERIMENT"`).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
 import pkgutil
 
 from nbdfork.errors import ConfigError
 from nbdfork.harness.experiment import Experiment
 
-__all__ = ["experiment", "registry"]
+__all__ = ["ENTRY_POINTS", "experiment", "registry"]
+
+ENTRY_POINTS = "nbdfork.experiments"
 
 
 @functools.cache
@@ -31,6 +36,11 @@ def registry() -> dict[str, Experiment]:
             raise
         declared: Experiment = module.EXPERIMENT
         found[declared.name] = declared
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        loaded = entry.load()
+        if not isinstance(loaded, Experiment):
+            raise ConfigError(ENTRY_POINTS, f"{entry.value} is not an Experiment")
+        found.setdefault(loaded.name, loaded)  # a built-in name is never replaced
     return found
 
 
