@@ -33,6 +33,7 @@ __all__ = [
     "MAX_SIZE",
     "NBD_ERRNOS",
     "parse_duration",
+    "parse_int",
     "parse_params",
     "parse_size",
 ]
@@ -352,7 +353,7 @@ def _build(raw: Mapping[str, str]) -> DeviceConfig:
         cache=_parse_cache(raw.get("cache", "off")),
         cache_size=parse_size("cache-size", raw.get("cache-size", "64M")),
         ignore_flush=_parse_bool("ignore-flush", raw.get("ignore-flush", "off")),
-        reorder_window=_parse_int("reorder-window", raw.get("reorder-window", "0"), 0, 4096),
+        reorder_window=parse_int("reorder-window", raw.get("reorder-window", "0"), 0, 4096),
         faults=_faults(raw),
     )
 
@@ -404,7 +405,8 @@ def _parse_errno(key: str, text: str) -> int:
     return value
 
 
-def _parse_int(key: str, text: str, low: int, high: int) -> int:
+def parse_int(key: str, text: str, low: int, high: int) -> int:
+    """An ASCII integer from `low` to `high`, or ConfigError naming `key`."""
     value = _small_int(text) if _INT_RE.match(text) else None
     if value is None or not low <= value <= high:
         raise ConfigError(key, f"{_shown(text)} must be an integer from {low} to {high}")
