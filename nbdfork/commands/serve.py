@@ -100,7 +100,8 @@ def _check_socket(socket: Path) -> None:
                           f"holds at most {MAX_SOCKET_PATH}")  # fmt: skip
     parent = socket.parent
     if not parent.is_dir():
-        raise ConfigError("--socket", f"directory {parent} does not exist")
+        problem = "is not a directory" if parent.exists() else "does not exist"
+        raise ConfigError("--socket", f"directory {parent} {problem}")
     if not os.access(parent, os.W_OK | os.X_OK, effective_ids=True):
         raise ConfigError("--socket", f"cannot create {socket}: {parent} is not writable")
     if socket.exists() or socket.is_symlink():
