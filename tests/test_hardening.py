@@ -396,8 +396,7 @@ def test_dump_plugin_lists_every_parameter() -> None:
 @pytest.mark.parametrize("key", ["file", "trace", "report"])
 @pytest.mark.parametrize("route", ["img", "sub/img"])
 def test_another_users_link_reaches_nothing(tmp_path: Path, key: str, route: str) -> None:
-    """A link of uid 65534 in a sticky 1777 directory, as the path or on the way to it, is
-    refused before anything is opened: its target's bytes and mtime stay, nothing appears."""
+    """Another user's link in a sticky dir, as the path or on its way, is refused untouched."""
     _plant_foreign(tmp_path)
     precious = tmp_path / "precious"
     before = (precious.read_bytes(), os.stat(precious).st_mtime_ns)
@@ -471,8 +470,7 @@ SERVE = [
 
 @pytest.mark.parametrize(("args", "line"), SERVE)
 def test_serve_bad_input_is_one_line(layout: Path, args: list[str], line: str) -> None:
-    """`nbdfork serve` (a subprocess; nbdkit started only where the row does not dry-run):
-    exit status 2, exactly this line, no traceback."""
+    """`nbdfork serve` as a subprocess: exit status 2, exactly this line, no traceback."""
     assert command_error([_expand(a, layout) for a in args]) == _expand(line, layout)
 
 
@@ -610,8 +608,7 @@ VERIFY_FILES = [
 def test_verify_bad_file_is_one_line(
     recorded: tuple[Path, Path], tmp_path: Path, name: str, line: str
 ) -> None:
-    """`nbdfork verify` on a FIFO, a device, a missing path, or a report whose files are FIFOs,
-    nested too deeply or too large: exit 2 within the timeout (nothing blocks), one line."""
+    """`nbdfork verify` on FIFOs, devices, deep or huge files: exit 2, one line, no hang."""
     shutil.copy(recorded[0], tmp_path / "run.trace")
     args = _report_case(tmp_path, recorded[1], name)
     expected = line.replace("$A", args[0]).replace("$B", args[-1])
@@ -657,9 +654,7 @@ def _run_clients(server: Callable[..., Server], report: Path, clients: int) -> N
 def test_reused_report_dir_sets_aside_everything(
     server: Callable[..., Server], tmp_path: Path
 ) -> None:
-    """A second run into a report directory moves every entry of the first (events, summary,
-    three connection reports, log, a stale temporary, a stranger's file) under previous/,
-    byte for byte, and leaves only its own files beside it."""
+    """A second run moves every entry of the first under previous/, byte for byte."""
     report = tmp_path / "report"
     _run_clients(server, report, 3)
     (report / ".summary.json.0123456789abcdef.tmp").write_text("{}")  # a killed run's
@@ -676,8 +671,7 @@ def test_reused_report_dir_sets_aside_everything(
 
 
 def test_injected_errors_are_one_log_line_each(server: Callable[..., Server]) -> None:
-    """Each injected error (read, write, flush, trim, zero) is one line on nbdkit's stderr
-    naming the errno, op and range; no traceback."""
+    """Each injected error (read, write, flush, trim, zero) is one nbdkit stderr line."""
     srv = server("size=1M", "error-op=all", "error-errno=ENOSPC")
     h = nbd.NBD()
     h.connect_unix(str(srv.socket))
