@@ -33,6 +33,7 @@ __all__ = [
     "MAX_SIZE",
     "NBD_ERRNOS",
     "parse_duration",
+    "parse_int",
     "parse_params",
     "parse_size",
 ]
@@ -56,6 +57,8 @@ _SIZE_SUFFIXES = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE | re.ASCII)
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|ms|s)?\s*$", re.ASCII)
+_MAX_DIGITS = 20  # 2**64 has 20 digits
+_SHOWN = 40  # characters of a bad value quoted in its error line
 _INT_RE = re.compile(r"^\s*\d+\s*$", re.ASCII)
 _FLOAT_RE = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)(e[-+]?\d+)?\s*$", re.ASCII | re.IGNORECASE)
 
@@ -192,16 +195,33 @@ PARAMS: tuple[Param, ...] = (
 _KEYS = {p.key: p for p in PARAMS}
 
 
+def _shown(text: str) -> str:
+    """`text` quoted for an error line: a long value is cut, so the line stays readable."""
+    if len(text) <= _SHOWN:
+        return repr(text)
+    return f"{text[:_SHOWN // 2]!r}... ({len(text)} characters)"
+
+
+def _small_int(digits: str) -> int | None:
+    """ASCII `digits` as an int, None past 20 significant digits: more than any bound here
+    needs, and int() refuses beyond 4300 (sys.set_int_max_str_digits) with a ValueError."""
+    significant = digits.strip().lstrip("0")
+    return int(significant or "0") if len(significant) <= _MAX_DIGITS else None
+
+
 def parse_size(key: str, text: str) -> int:
     """Parse `512M`-style sizes (binary suffixes); a multiple of 512, at most 64 TiB."""
     match = _SIZE_RE.match(text)
     if not match:
-        raise ConfigError(key, f"{text!r} is not a size (use e.g. 4096, 64M, 1G)")
-    value = int(match.group(1)) << _SIZE_SUFFIXES[match.group(2).lower()]
+        raise ConfigError(key, f"{_shown(text)} is not a size (use e.g. 4096, 64M, 1G)")
+    number = _small_int(match.group(1))
+    if number is None:  # more digits than int() converts (4300) or any size needs
+        raise ConfigError(key, f"{_shown(text)} is larger than the maximum of 64T")
+    value = number << _SIZE_SUFFIXES[match.group(2).lower()]
     if value <= 0 or value % 512:
-        raise ConfigError(key, f"{text!r} must be a positive multiple of 512 bytes")
+        raise ConfigError(key, f"{_shown(text)} must be a positive multiple of 512 bytes")
     if value > MAX_SIZE:
-        raise ConfigError(key, f"{text!r} is larger than the maximum of 64T")
+        raise ConfigError(key, f"{_shown(text)} is larger than the maximum of 64T")
     return value
 
 
@@ -210,13 +230,13 @@ def parse_duration(key: str, text: str) -> float:
     unless it is 0."""
     match = _DURATION_RE.match(text)
     if not match:
-        raise ConfigError(key, f"{text!r} is not a duration (use e.g. 2ms, 500us, 1s)")
+        raise ConfigError(key, f"{_shown(text)} is not a duration (use e.g. 2ms, 500us, 1s)")
     number, unit = float(match.group(1)), match.group(2)
     if unit is None and number != 0:
-        raise ConfigError(key, f"{text!r} needs a unit: ns, us, ms or s")
+        raise ConfigError(key, f"{_shown(text)} needs a unit: ns, us, ms or s")
     seconds = number * _DURATION_UNITS[unit or "s"]
     if seconds > MAX_DURATION:
-        raise ConfigError(key, f"{text!r} is longer than the maximum of 3600s (one hour)")
+        raise ConfigError(key, f"{_shown(text)} is longer than the maximum of 3600s (one hour)")
     return seconds
 
 
@@ -242,30 +262,31 @@ def parse_latency(key: str, text: str) -> LatencySpec:
         median, sigma = parse_duration(key, args[0]), _parse_float(key, args[1], 0.0, 10.0)
         if median * math.exp(sigma * _NORMAL_TAIL) > MAX_DURATION:
             raise ConfigError(
-                key, f"{text!r} can draw delays over 3600s (median x e^(8.58 sigma)): "
+                key, f"{_shown(text)} can draw delays over 3600s (median x e^(8.58 sigma)): "
                 "lower the median or sigma",
             )
         return LatencySpec("lognormal", median, sigma)
     raise ConfigError(
-        key, f"{text!r} is not a latency (use 2ms, uniform:1ms:5ms or lognormal:2ms:0.5)"
+        key, f"{_shown(text)} is not a latency (use 2ms, uniform:1ms:5ms or lognormal:2ms:0.5)"
     )
 
 
 def _parse_float(key: str, text: str, low: float, high: float) -> float:
     # A regex, not float(): float() takes nan, inf, 1_0 and non-ASCII digits.
     if not _FLOAT_RE.match(text):
-        raise ConfigError(key, f"{text!r} is not a number")
+        raise ConfigError(key, f"{_shown(text)} is not a number")
     value = float(text)
     if not (low <= value <= high) or math.isnan(value):
-        raise ConfigError(key, f"{text!r} must be between {low:g} and {high:g}")
+        raise ConfigError(key, f"{_shown(text)} must be between {low:g} and {high:g}")
     return value
 
 
 def _parse_seed(key: str, text: str) -> int:
     # Not str.isdigit(): it accepts "²", which int() refuses.
-    if not _INT_RE.match(text) or int(text) >= 1 << 64:
-        raise ConfigError(key, f"{text!r} must be an integer from 0 to 2**64-1")
-    return int(text)
+    value = _small_int(text) if _INT_RE.match(text) else None
+    if value is None or value >= 1 << 64:
+        raise ConfigError(key, f"{_shown(text)} must be an integer from 0 to 2**64-1")
+    return value
 
 
 def _parse_bool(key: str, text: str) -> bool:
@@ -274,7 +295,7 @@ def _parse_bool(key: str, text: str) -> bool:
         return True
     if lowered in ("off", "0", "false", "no"):
         return False
-    raise ConfigError(key, f"{text!r} must be on or off")
+    raise ConfigError(key, f"{_shown(text)} must be on or off")
 
 
 def _parse_bandwidth(key: str, text: str) -> float:
@@ -282,7 +303,7 @@ def _parse_bandwidth(key: str, text: str) -> float:
         return math.inf
     value = parse_size(key, text)
     if value < MIN_BANDWIDTH:
-        raise ConfigError(key, f"{text!r} is below the minimum of 32K (64M per hour)")
+        raise ConfigError(key, f"{_shown(text)} is below the minimum of 32K (64M per hour)")
     return float(value)
 
 
@@ -332,7 +353,7 @@ def _build(raw: Mapping[str, str]) -> DeviceConfig:
         cache=_parse_cache(raw.get("cache", "off")),
         cache_size=parse_size("cache-size", raw.get("cache-size", "64M")),
         ignore_flush=_parse_bool("ignore-flush", raw.get("ignore-flush", "off")),
-        reorder_window=_parse_int("reorder-window", raw.get("reorder-window", "0"), 0, 4096),
+        reorder_window=parse_int("reorder-window", raw.get("reorder-window", "0"), 0, 4096),
         faults=_faults(raw),
     )
 
@@ -350,7 +371,7 @@ def _faults(raw: Mapping[str, str]) -> FaultSpec:
     ops = set(_FAULT_OPS) if ops == {"all"} else ops
     if not ops or not ops <= _FAULT_OPS:
         allowed = "read, write, flush, trim, zero or all"
-        raise ConfigError("error-op", f"{raw['error-op']!r}: use {allowed}")
+        raise ConfigError("error-op", f"{_shown(raw['error-op'])}: use {allowed}")
     return FaultSpec(
         ops=frozenset(ops),
         probability=_parse_float("error-probability", raw.get("error-probability", "1"), 0.0, 1.0),
@@ -367,11 +388,11 @@ def _opt_path(raw: Mapping[str, str], key: str) -> Path | None:
 def _parse_range(key: str, text: str) -> tuple[int, int]:
     start_text, sep, end_text = text.partition("-")
     if not sep:
-        raise ConfigError(key, f"{text!r} is not a range START-END, e.g. 0-1M")
+        raise ConfigError(key, f"{_shown(text)} is not a range START-END, e.g. 0-1M")
     start = 0 if start_text.strip() == "0" else parse_size(key, start_text)
     end = parse_size(key, end_text)
     if end <= start:
-        raise ConfigError(key, f"{text!r} ends before it starts")
+        raise ConfigError(key, f"{_shown(text)} ends before it starts")
     return start, end
 
 
@@ -379,20 +400,22 @@ def _parse_errno(key: str, text: str) -> int:
     name = text.strip().upper()
     if name not in NBD_ERRNOS:
         allowed = ", ".join(NBD_ERRNOS)
-        raise ConfigError(key, f"{text!r} is not an errno NBD can carry (use {allowed})")
+        raise ConfigError(key, f"{_shown(text)} is not an errno NBD can carry (use {allowed})")
     value: int = getattr(errno, name)
     return value
 
 
-def _parse_int(key: str, text: str, low: int, high: int) -> int:
-    if not _INT_RE.match(text) or not low <= int(text) <= high:
-        raise ConfigError(key, f"{text!r} must be an integer from {low} to {high}")
-    return int(text)
+def parse_int(key: str, text: str, low: int, high: int) -> int:
+    """An ASCII integer from `low` to `high`, or ConfigError naming `key`."""
+    value = _small_int(text) if _INT_RE.match(text) else None
+    if value is None or not low <= value <= high:
+        raise ConfigError(key, f"{_shown(text)} must be an integer from {low} to {high}")
+    return value
 
 
 def _parse_cache(text: str) -> bool:
     if text not in ("off", "volatile"):
-        raise ConfigError("cache", f"{text!r} must be off or volatile")
+        raise ConfigError("cache", f"{_shown(text)} must be off or volatile")
     return text == "volatile"
 
 

@@ -14,18 +14,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import fcntl
 import os
 import secrets
 import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 
-from nbdfork.errors import ConfigError
+from nbdfork.errors import ConfigError, NbdforkError
 
 __all__ = [
     "LOG_FILE",
@@ -39,14 +38,19 @@ __all__ = [
     "write_json",
     "check_media_file",
     "check_new_file",
+    "check_route",
+    "open_regular",
+    "read_bounded",
 ]
 
 REPORT_FILES = ("events.jsonl", "summary.json")
-"""One run's files: set aside into previous/<time>/ when a new run starts."""
-LOG_FILE = "nbdfork.log"  # appended across runs: its lines are timestamped
+"""A run's main files; with the log, never accepted as links or hard links. A new run sets
+aside every entry of the directory (ReportDir.set_aside), these and all others."""
+LOG_FILE = "nbdfork.log"
 PREVIOUS = "previous"
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 _PRIVATE_DIR = 0o750
+_MAX_LINKS = 40  # symbolic links followed on one path, as the kernel's ELOOP limit
 
 
 def _why(exc: OSError) -> str:
@@ -60,6 +64,15 @@ def _is_private(st: os.stat_result) -> bool:
     return not others_write or bool(sticky_and_ours)
 
 
+def _check_private(key: str, path: Path, st: os.stat_result) -> None:
+    """A report directory only we (or root) can change entries of."""
+    if not _trusted(st.st_uid):
+        raise ConfigError(key, f"{path} is owned by another user (uid {st.st_uid}): "
+                          "they could redirect its files")  # fmt: skip
+    if not _is_private(st):
+        raise ConfigError(key, f"{path} is writable by others (chmod go-w, or use another)")
+
+
 def _lstat(path: Path, key: str) -> os.stat_result | None:
     """`path`'s own status, None if it does not exist (or a parent is not a directory)."""
     try:
@@ -68,6 +81,64 @@ def _lstat(path: Path, key: str) -> os.stat_result | None:
         return None
     except OSError as exc:
         raise ConfigError(key, f"cannot look at {path}: {_why(exc)}") from None
+
+
+def _trusted(uid: int) -> bool:
+    """Root's and our own entries: nobody else can change them."""
+    return uid in (0, os.geteuid())
+
+
+def _shared(path: Path, st: os.stat_result) -> str | None:
+    """Why another user could add, remove or rename entries of the directory `path`, or None.
+    Writable by others is fine only when sticky (they cannot touch our entries)."""
+    if not _trusted(st.st_uid):
+        return f"{path} is owned by another user (uid {st.st_uid})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        return f"{path} is writable by others and not sticky"
+    return None
+
+
+def check_route(key: str, path: Path) -> bool:
+    """Refuse `path` if another user could redirect it, whatever fs.protected_symlinks says:
+    every directory on the way to its last component must be ours or root's and writable by
+    nobody else unless sticky, and every symbolic link on the way ours or root's. The last
+    component is the caller's (opened O_NOFOLLOW, or a report directory checked as such).
+    Returns whether that component's directory is shared (sticky and writable by others)."""
+    pending = list(path.parts[1:-1])
+    current, hops, shared = Path("/"), 0, False
+    while True:
+        st = _lstat(current, key)
+        assert st is not None  # `current` is always a directory reached so far
+        why = _shared(current, st)
+        if why is not None:
+            raise ConfigError(key, f"{path}: {why}: another user could redirect it")
+        shared = bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+        if not pending:
+            return shared
+        name = pending.pop(0)
+        if name == "..":
+            current = current.parent
+            continue
+        candidate = current / name
+        st = _lstat(candidate, key)
+        if st is None or not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            return False  # the rest is made by us, or the caller names what is wrong
+        if stat.S_ISDIR(st.st_mode):
+            current = candidate
+            continue
+        if not _trusted(st.st_uid):
+            raise ConfigError(key, f"{path}: {candidate} is a symbolic link owned by another "
+                              f"user (uid {st.st_uid}): refusing to follow it")  # fmt: skip
+        hops += 1
+        if hops > _MAX_LINKS:
+            raise ConfigError(key, f"{path}: too many levels of symbolic links")
+        try:
+            target = Path(os.readlink(candidate))
+        except OSError as exc:
+            raise ConfigError(key, f"cannot look at {candidate}: {_why(exc)}") from None
+        pending[:0] = [part for part in target.parts if part != "/"]
+        if target.is_absolute():
+            current = Path("/")
 
 
 def _check_creatable(key: str, path: Path) -> None:
@@ -97,6 +168,7 @@ def _check_entry(key: str, directory: Path, name: str, *, want_dir: bool = False
 
 def check_report_dir(path: Path, key: str = "report") -> None:
     """Everything ReportDir.open() will insist on, checked without creating anything."""
+    check_route(key, path)
     st = _lstat(path, key)
     if st is None:
         _check_creatable(key, path)
@@ -105,8 +177,7 @@ def check_report_dir(path: Path, key: str = "report") -> None:
         raise ConfigError(key, f"{path} is a symbolic link (give the directory it points to)")
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(key, f"{path} is not a directory")
-    if not _is_private(st):
-        raise ConfigError(key, f"{path} is writable by others (chmod go-w, or use another)")
+    _check_private(key, path, st)
     if not os.access(path, os.W_OK | os.X_OK, effective_ids=True):
         raise ConfigError(key, f"{path} is not writable")
     for name in (*REPORT_FILES, LOG_FILE):
@@ -131,9 +202,11 @@ class ReportDir:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
         except OSError as exc:
             raise ConfigError(key, f"cannot open {path}: {_why(exc)}") from None
-        if not _is_private(os.fstat(fd)):  # it changed since the check
+        try:  # it may have changed, or been made by another user, since the check
+            _check_private(key, path, os.fstat(fd))
+        except ConfigError:
             os.close(fd)
-            raise ConfigError(key, f"{path} is writable by others (chmod go-w, or use another)")
+            raise
         return cls(path, fd, key)
 
     def close(self) -> None:
@@ -150,21 +223,6 @@ class ReportDir:
         except OSError as exc:
             raise ConfigError(self.key, f"cannot create {self.path / name}: {_why(exc)}") from None
 
-    def append(self, name: str, mode: int = 0o640) -> int:
-        """`name` opened for appending, created if missing; only a regular file with no other
-        name (no link, fifo, device or hard link to a file elsewhere) is accepted."""
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW
-        try:
-            fd = os.open(name, flags, mode, dir_fd=self.fd)
-        except OSError as exc:
-            raise ConfigError(self.key, f"cannot open {self.path / name}: {_why(exc)}") from None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            os.close(fd)
-            raise ConfigError(self.key, f"{self.path / name} is not a regular file of its own")
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        return fd
-
     def replace(self, name: str, data: bytes, mode: int = 0o640) -> None:
         """Atomically replace `name` with `data` (fsynced) through a private temporary file."""
         tmp, fd = _private_temp(self.fd, name, mode)
@@ -179,12 +237,14 @@ class ReportDir:
             raise
 
     def set_aside(self) -> Path | None:
-        """Move an earlier run's files into previous/<time>/, so a reused directory neither
-        mixes two runs' events nor loses the first run's. Only regular files are moved."""
-        old = [name for name in REPORT_FILES if self._regular(name)]
+        """Move everything an earlier run left here into previous/<time>/: its events, summary,
+        per-connection reports, log and whatever else it made (every entry but previous/), so
+        a reused directory neither mixes two runs nor loses the first. rename() moves a link or
+        a directory as it is, never what it points to."""
+        old = sorted(name for name in os.listdir(self.fd) if name != PREVIOUS)
         if not old:
             return None
-        mtime = os.stat(old[0], dir_fd=self.fd, follow_symlinks=False).st_mtime
+        mtime = max(os.stat(n, dir_fd=self.fd, follow_symlinks=False).st_mtime for n in old)
         stamp = dt.datetime.fromtimestamp(mtime, dt.UTC).strftime("%Y%m%dT%H%M%S.%f")
         try:
             previous = _subdir(self.fd, PREVIOUS, exist_ok=True)
@@ -200,15 +260,6 @@ class ReportDir:
         except OSError as exc:
             raise ConfigError(self.key, f"cannot set aside the previous run: {_why(exc)}") from None
         return self.path / PREVIOUS / name
-
-    def _regular(self, name: str) -> bool:
-        try:
-            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(self.key, f"{self.path / name} is not a regular file (remove it)")
-        return True
 
 
 def _subdir(dir_fd: int, name: str, *, exist_ok: bool) -> int:
@@ -245,6 +296,7 @@ def _private_temp(dir_fd: int, name: str, mode: int) -> tuple[str, int]:
 
 def check_new_file(key: str, path: Path, may_replace: Callable[[Path], bool]) -> None:
     """`path` can be created (or replaced, if `may_replace` accepts the file there)."""
+    check_route(key, path)
     parent = path.parent
     if not parent.is_dir():
         raise ConfigError(key, f"directory {parent} does not exist")
@@ -289,12 +341,19 @@ def create_replacing(
 
 def check_media_file(path: Path) -> None:
     """A file= backing file: a new one is created (nowhere another user can redirect), an
-    existing one must be a regular file we can read and write."""
-    st = _lstat(path.resolve(), "file")
+    existing one must be a regular file we can read and write, not a link; in a shared
+    (sticky) directory, also ours and with no other name."""
+    shared = check_route("file", path)
+    st = _lstat(path, "file")
     if st is None:
         check_new_file("file", path, lambda _: True)
+    elif stat.S_ISLNK(st.st_mode):
+        raise ConfigError("file", f"{path} is a symbolic link (give the file it points to)")
     elif not stat.S_ISREG(st.st_mode):
         raise ConfigError("file", f"{path} is not a regular file")
+    elif shared and (st.st_uid != os.geteuid() or st.st_nlink != 1):
+        raise ConfigError("file", f"{path} is in a shared directory and not a file of our own "
+                          "(another owner, or another name): refusing to write to it")  # fmt: skip
     elif not os.access(path, os.R_OK | os.W_OK, effective_ids=True):
         raise ConfigError("file", f"{path} is not readable and writable")
 
@@ -327,3 +386,35 @@ def encode_json(value: Any) -> bytes:
 def write_json(path: Path, value: Any) -> Path:
     """`value` as indented JSON in `path`, atomically (write_atomic)."""
     return write_atomic(path, encode_json(value))
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK:
+          "a block device", stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}  # fmt: skip
+
+
+def open_regular(path: Path, error: type[NbdforkError]) -> BinaryIO:
+    """`path` open for reading, if it is a regular file: opened O_NONBLOCK, so a FIFO or a
+    device never blocks us, then checked; anything else raises `error` naming what it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {_why(exc)}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = _KINDS.get(stat.S_IFMT(mode), "of another type")
+        raise error(f"{path} is {kind}, not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_bounded(path: Path, limit: int, error: type[NbdforkError]) -> bytes:
+    """The bytes of the regular file `path` (open_regular), at most `limit` of them."""
+    with open_regular(path, error) as handle:
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise error(f"{path}: cannot read: {_why(exc)}") from None
+    if len(data) > limit:
+        raise error(f"{path} is larger than {limit} bytes: not one of ours")
+    return data

@@ -72,8 +72,9 @@ class DeviceService:
         self._last_written: dict[str, object] | None = None
 
     def open_log(self) -> int | None:
-        """DIR/nbdfork.log opened for appending (the caller owns the descriptor), or None."""
-        return self._dir.append(LOG_FILE) if self._dir is not None else None
+        """DIR/nbdfork.log, new (an earlier run's was set aside), opened for appending (the
+        caller owns the descriptor), or None."""
+        return self._dir.create(LOG_FILE) if self._dir is not None else None
 
     def start_background(self, interval: float = 1.0) -> None:
         """Start the thread that keeps summary.json current (call after nbdkit forks)."""

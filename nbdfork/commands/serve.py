@@ -8,14 +8,20 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import IO
 
-from nbdfork.config import PARAMS, parse_params
+from nbdfork.config import PARAMS, parse_int, parse_params
 from nbdfork.device.paths import validate_paths
 from nbdfork.errors import ConfigError
 from nbdfork.harness import nbdkit as launch
 
-__all__ = ["nbdkit_argv", "register"]
+__all__ = ["MAX_SOCKET_PATH", "MAX_THREADS", "nbdkit_argv", "register"]
+
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the final NUL (unix(7))
+MAX_THREADS = 1024
+_PATH_KEYS = ("file", "report", "trace", "error-trigger")
 
 
 _EPILOG = """\
@@ -39,7 +45,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--socket", type=Path, default=Path("nbdfork.sock"), help="unix socket")
     parser.add_argument("--socket-mode", default="0600", help="permissions of the socket (octal)")
-    parser.add_argument("--threads", type=int, default=16, help="nbdkit worker threads")
+    parser.add_argument(
+        "--threads", default="16", help=f"nbdkit worker threads (1 .. {MAX_THREADS}, default 16)"
+    )
     parser.add_argument("--verbose", action="store_true", help="nbdkit -v (debug messages)")
     parser.add_argument("--dry-run", action="store_true", help="print the nbdkit command only")
     for param in PARAMS:
@@ -54,7 +62,8 @@ def _params_from(args: argparse.Namespace) -> list[tuple[str, str]]:
     for param in PARAMS:
         value = getattr(args, param.key.replace("-", "_"))
         if value is not None:
-            if param.key in ("report", "file"):
+            # Absolute for nbdkit; an empty path stays empty, for parse_params to refuse.
+            if param.key in _PATH_KEYS and value:
                 value = os.path.abspath(value)
             pairs.append((param.key, str(value)))
     return pairs
@@ -83,9 +92,69 @@ def _socket_mode(mode: str) -> int:
     return value
 
 
+def _check_socket(socket: Path) -> None:
+    """The socket path nbdkit will bind: short enough, in a writable directory, not there."""
+    length = len(os.fsencode(socket))
+    if length > MAX_SOCKET_PATH:
+        raise ConfigError("--socket", f"{socket} is {length} bytes long; a unix socket path "
+                          f"holds at most {MAX_SOCKET_PATH}")  # fmt: skip
+    parent = socket.parent
+    if not parent.is_dir():
+        problem = "is not a directory" if parent.exists() else "does not exist"
+        raise ConfigError("--socket", f"directory {parent} {problem}")
+    if not os.access(parent, os.W_OK | os.X_OK, effective_ids=True):
+        raise ConfigError("--socket", f"cannot create {socket}: {parent} is not writable")
+    if socket.exists() or socket.is_symlink():
+        raise ConfigError("--socket", f"{socket} exists (another server, or a stale socket?)")
+
+
+class _HeldStderr:
+    """nbdkit's stderr, held back until it listens: a failure to start becomes one error line
+    of ours with nbdkit's reason in it; once it serves, every line is passed through."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._held: list[str] = []
+        self._live = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            line = raw.decode(errors="replace")
+            with self._lock:
+                if self._live:
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+                else:
+                    self._held.append(line)
+
+    def pass_through(self) -> None:
+        """nbdkit listens: show what it said so far, and all it says from now on."""
+        with self._lock:
+            sys.stderr.write("".join(self._held))
+            sys.stderr.flush()
+            self._live = True
+
+    def reason(self) -> str:
+        """What nbdkit said before it exited, as one line."""
+        self._thread.join(timeout=5)
+        with self._lock:
+            said = [line.strip() for line in self._held if line.strip()]
+        return "; ".join(said) or "no message"
+
+
+def _start_failed(socket: Path, status: int, reason: str) -> ConfigError:
+    if reason.startswith(f"{socket}: "):  # nbdkit's bind()/listen() perror
+        return ConfigError("--socket", f"nbdkit cannot listen on {reason}")
+    return ConfigError("nbdkit", f"exited with status {status} before listening: {reason}")
+
+
 def _serve(argv: list[str], socket: Path, mode: int) -> int:
     """Run nbdkit, restrict the socket once it exists, pass SIGINT/SIGTERM on, wait."""
-    proc = subprocess.Popen(argv, env=launch.plugin_env())
+    proc = subprocess.Popen(argv, env=launch.plugin_env(), stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    stderr = _HeldStderr(proc.stderr)
 
     def forward(signum: int, _frame: object) -> None:
         proc.send_signal(signum)
@@ -95,8 +164,13 @@ def _serve(argv: list[str], socket: Path, mode: int) -> int:
     try:
         launch.wait_ready(proc, socket, log=Path("/dev/null"), timeout=60)
     except launch.NbdkitError as exc:
+        exited = proc.poll() is not None
         proc.terminate()
+        proc.wait()
+        if exited:
+            raise _start_failed(socket, proc.returncode, stderr.reason()) from None
         raise ConfigError("nbdkit", str(exc).removeprefix("nbdkit: ")) from None
+    stderr.pass_through()
     # nbdkit creates the socket with its own umask: tighten it before any client can use it.
     os.chmod(socket, mode)
     print(f"nbdfork: serving on {socket} (mode {mode:04o}); connect with")
@@ -111,16 +185,14 @@ def _serve(argv: list[str], socket: Path, mode: int) -> int:
 
 def _handle(args: argparse.Namespace) -> int:
     params = _params_from(args)
-    _socket_mode(args.socket_mode)
+    mode = _socket_mode(args.socket_mode)
     # The same validation the plugin does in config_complete, before anything starts.
     validate_paths(parse_params(params))
-    if args.threads < 1:
-        raise ConfigError("--threads", f"{args.threads} must be at least 1")
-    argv = nbdkit_argv(args.socket, params, threads=args.threads, verbose=args.verbose)
+    threads = parse_int("--threads", args.threads, 1, MAX_THREADS)
+    socket = args.socket.absolute()
+    _check_socket(socket)
+    argv = nbdkit_argv(socket, params, threads=threads, verbose=args.verbose)
     if args.dry_run:
         print(" ".join(argv))
         return 0
-    mode = _socket_mode(args.socket_mode)
-    if args.socket.exists():
-        raise ConfigError("--socket", f"{args.socket} exists (another server, or a stale socket?)")
-    return _serve(argv, args.socket.absolute(), mode)
+    return _serve(argv, socket, mode)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from nbdfork.device.trace import MAGIC as TRACE_MAGIC
 from nbdfork.errors import ReportError
+from nbdfork.files import read_bounded
 from nbdfork.oracle.events import EventLog, read_events, summarize
 from nbdfork.oracle.rejudge import rejudge_trace
 from nbdfork.verdicts import WRITE_VERDICTS
@@ -21,6 +23,7 @@ from nbdfork.verdicts import WRITE_VERDICTS
 __all__ = ["register"]
 
 _VERDICTS = tuple(map(str, WRITE_VERDICTS))
+_MAX_SUMMARY = 16 << 20  # summary.json is a few KiB; a larger one is not ours
 _EPILOG = """\
 examples:
   nbdfork verify out/
@@ -57,20 +60,30 @@ def _load_summary(directory: Path) -> dict[str, object] | None:
     path = directory / "summary.json"
     if not path.exists():
         return None
+    data = read_bounded(path, _MAX_SUMMARY, ReportError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        summary = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ReportError(f"{path}: unreadable summary ({exc})") from None
-    if not isinstance(data, dict):
+    except RecursionError:
+        raise ReportError(f"{path}: unreadable summary (nested too deeply)") from None
+    if not isinstance(summary, dict):
         raise ReportError(f"{path}: not a JSON object")
-    return data
+    return summary
 
 
 def _is_trace(path: Path) -> bool:
-    if not path.is_file():
+    """A regular file is read as a trace, a directory as a report; anything else is refused
+    here, before it is opened (a FIFO would block the reader)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ReportError(f"{path}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
         return False
-    with path.open("rb") as handle:
-        return handle.read(8) == TRACE_MAGIC[:8]
+    if stat.S_ISREG(mode):
+        return True
+    raise ReportError(f"{path} is neither a report directory nor a trace file")
 
 
 def _handle(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import stat
 from pathlib import Path
 
 from nbdfork.errors import ConfigError, DeviceError
@@ -37,10 +38,15 @@ class Store:
         return mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
 
     def _map_file(self, path: Path, size: int) -> mmap.mmap:
+        # Never through a link (its target may be anyone's), never blocking on a FIFO.
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd = os.open(path, flags, 0o600)
         except OSError as exc:
             raise ConfigError("file", f"cannot open {path}: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            os.close(self._fd)
+            raise ConfigError("file", f"{path} is not a regular file")
         if os.fstat(self._fd).st_size < size:
             os.ftruncate(self._fd, size)
         return mmap.mmap(self._fd, size, flags=mmap.MAP_SHARED)

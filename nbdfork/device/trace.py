@@ -18,18 +18,20 @@ empty or a trace (nbdfork.files.create_replacing).
 from __future__ import annotations
 
 import enum
+import math
 import os
 import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+from nbdfork.config import MAX_SIZE
 from nbdfork.device.cache import CacheModel
 from nbdfork.device.store import Store
 from nbdfork.errors import OracleError
-from nbdfork.files import create_replacing
+from nbdfork.files import create_replacing, open_regular
 
 __all__ = [
     "FLAG_FAILED",
@@ -48,8 +50,12 @@ __all__ = [
 MAGIC = b"NBDFTRC1\x02\x00\x00\x00\x00\x02\x00\x00"  # magic, version 2, sector size 512
 _HEAD = struct.Struct("<BBHIQQQddQQ")
 _SIZE = struct.Struct("<Q")  # the device size, right after the 16-byte header
+_HEADER = len(MAGIC) + _SIZE.size
+_VERSION = struct.Struct("<II")  # version and sector size, after the 8-byte magic
 FLAG_FUA = 1
 FLAG_FAILED = 2
+_FLAGS = FLAG_FUA | FLAG_FAILED
+_MAX_WRITE = 64 << 20  # nbdkit's largest request (MAX_REQUEST_SIZE): a longer write is forged
 
 
 class Op(enum.IntEnum):
@@ -136,10 +142,12 @@ def is_trace_file(path: Path) -> bool:
 
 
 def read_trace(path: Path) -> Iterator[Record]:
-    """The records of a trace file, in reply order; a bad file raises OracleError."""
+    """The records of a trace file, in reply order; a bad file raises OracleError naming what
+    is wrong (a cut or forged header, an unknown op, a record off the device). Only a regular
+    file is read: a FIFO or a device is refused without blocking."""
     with _open(path) as handle:
-        _header(path, handle)
-        yield from _records(path, handle)
+        size = _header(path, handle)
+        yield from _records(path, handle, size)
 
 
 def trace_device_size(path: Path) -> int:
@@ -149,30 +157,40 @@ def trace_device_size(path: Path) -> int:
 
 
 def _open(path: Path) -> BinaryIO:
-    try:
-        return path.open("rb")
-    except OSError as exc:
-        raise OracleError(f"{path}: cannot read trace: {exc.strerror}") from None
+    return open_regular(path, OracleError)
 
 
 def _header(path: Path, handle: BinaryIO) -> int:
     """Check the header and return the device size it names."""
-    header = handle.read(len(MAGIC) + _SIZE.size)
-    if header[:8] == MAGIC[:8] and header[: len(MAGIC)] != MAGIC:
-        version = int.from_bytes(header[8:12], "little")
-        raise OracleError(f"{path}: trace format version {version}; this nbdfork reads 2")
-    if header[: len(MAGIC)] != MAGIC or len(header) < len(MAGIC) + _SIZE.size:
+    header = handle.read(_HEADER)
+    if not header:
+        raise OracleError(f"{path}: empty file, not an nbdfork trace")
+    if header[:8] != MAGIC[: min(8, len(header))]:
         raise OracleError(f"{path}: not an nbdfork trace (bad magic)")
+    if len(header) < _HEADER:
+        raise OracleError(f"{path}: trace header cut short ({len(header)} of {_HEADER} bytes)")
+    version, sector = _VERSION.unpack_from(header, 8)
+    if version != 2:
+        raise OracleError(f"{path}: trace format version {version}; this nbdfork reads 2")
+    if sector != 512:
+        raise OracleError(f"{path}: trace sector size {sector}; this nbdfork reads 512")
     size: int = _SIZE.unpack_from(header, len(MAGIC))[0]
+    if not 0 < size <= MAX_SIZE or size % 512:
+        raise OracleError(f"{path}: trace device size {size} is not a multiple of 512 "
+                          "from 512 to 64T")  # fmt: skip
     return size
 
 
-def _records(path: Path, handle: BinaryIO) -> Iterator[Record]:
+def _records(path: Path, handle: BinaryIO, size: int) -> Iterator[Record]:
     index = 0
     while head := handle.read(_HEAD.size):
         if len(head) < _HEAD.size:
             raise OracleError(f"{path}: record {index} is cut short")
-        op, flags, conn, length, offset, rid, seq, arrival, reply, atick, tick = _HEAD.unpack(head)
+        fields = _HEAD.unpack(head)
+        op, flags, conn, length, offset, rid, seq, arrival, reply, atick, tick = fields
+        problem = _check_head(fields, size)
+        if problem:
+            raise OracleError(f"{path}: record {index} {problem}")
         has_data = op == Op.WRITE
         data = handle.read(length) if has_data else b""
         if len(data) < (length if has_data else 0):
@@ -181,6 +199,26 @@ def _records(path: Path, handle: BinaryIO) -> Iterator[Record]:
             Op(op), flags, conn, offset, length, rid, seq, arrival, reply, data, atick, tick
         )
         index += 1
+
+
+_OPS = frozenset(Op)
+
+
+def _check_head(fields: tuple[Any, ...], size: int) -> str | None:
+    """What is wrong with a record head (its unpacked fields) that the device could not have
+    written, or None."""
+    op, flags, _, length, offset, _, _, arrival, reply, _, _ = fields
+    if op not in _OPS:
+        return f"has an unknown op code {op}"
+    if flags & ~_FLAGS:
+        return f"has unknown flags {flags:#x}"
+    if op == Op.WRITE and length > _MAX_WRITE:
+        return f"is a write of {length} bytes, more than nbdkit's largest request (64M)"
+    if offset + length > size:
+        return f"covers {offset}+{length}, beyond the device size {size}"
+    if not (math.isfinite(arrival) and math.isfinite(reply)):
+        return "has a time that is not a finite number"
+    return None
 
 
 def replay(path: Path, image: Store, *, until: int | None = None) -> int:

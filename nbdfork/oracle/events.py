@@ -16,9 +16,13 @@ from types import TracebackType
 from typing import TextIO
 
 from nbdfork.errors import OracleError
+from nbdfork.files import read_bounded
 from nbdfork.verdicts import Verdict
 
-__all__ = ["VERDICTS", "EventLog", "NullSink", "read_events", "summarize"]
+__all__ = ["MAX_EVENTS_BYTES", "VERDICTS", "EventLog", "NullSink", "read_events", "summarize"]
+
+MAX_EVENTS_BYTES = 1 << 30
+"""The largest events.jsonl read back: millions of verdicts, far more than any run gives."""
 
 VERDICTS = tuple(str(v) for v in Verdict)
 """Every verdict kind; summarize() reports each, even at zero."""
@@ -74,18 +78,22 @@ def _parse_line(path: Path, number: int, line: str) -> dict[str, object]:
         event = json.loads(line)
     except json.JSONDecodeError as e:
         raise OracleError(f"{path}:{number}: bad JSON: {e.msg} (column {e.colno})") from e
+    except RecursionError:
+        raise OracleError(f"{path}:{number}: bad JSON: nested too deeply") from None
     if not isinstance(event, dict) or not isinstance(event.get("event"), str):
         raise OracleError(f"{path}:{number}: not an event (a JSON object with an 'event' key)")
     return event
 
 
 def read_events(path: str | Path) -> list[dict[str, object]]:
-    """Every event of an events.jsonl file, in order; blank lines are skipped."""
+    """Every event of an events.jsonl file, in order; blank lines are skipped. Only a regular
+    file of at most MAX_EVENTS_BYTES is read (a FIFO is refused, never waited on)."""
     path = Path(path)
+    data = read_bounded(path, MAX_EVENTS_BYTES, OracleError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise OracleError(f"{path}: cannot read the event log: {e}") from e
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise OracleError(f"{path}: cannot read the event log: {e}") from None
     return [
         _parse_line(path, number, line)
         for number, line in enumerate(text.splitlines(), start=1)
@@ -111,7 +119,8 @@ def summarize(events: Iterable[Mapping[str, object]]) -> dict[str, object]:
 
 def _key(stream: str) -> tuple[int, str]:
     """Sort streams numerically when they are numbers."""
-    return (int(stream), "") if stream.isascii() and stream.isdigit() else (1 << 64, stream)
+    numeric = stream.isascii() and stream.isdigit() and len(stream) <= 20
+    return (int(stream), "") if numeric else (1 << 64, stream)
 
 
 class NullSink:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nbdfork.device.store import Store
 from nbdfork.device.trace import Op, Record, read_trace, trace_device_size
+from nbdfork.errors import OracleError
 from nbdfork.oracle.verify import EventSink, Oracle, WriteRequest
 
 __all__ = ["Rejudged", "rejudge_trace"]
@@ -70,6 +71,7 @@ def _untimed(keyed: list[tuple[float, int, int, Record]]) -> list[tuple[float, i
 def rejudge_trace(path: Path, sink: EventSink) -> Rejudged:
     """Judge the trace at `path` with a fresh Oracle, sending its events to `sink`."""
     records = list(read_trace(path))
+    _check_ids(path, records)
     ticked = any(r.tick for r in records)
     media = Store(trace_device_size(path))
     oracle = Oracle(sink, media)
@@ -82,6 +84,18 @@ def rejudge_trace(path: Path, sink: EventSink) -> Rejudged:
         media.close()
     writes = sum(1 for r in records if r.op == Op.WRITE)
     return Rejudged(len(records), writes, oracle.counts(), ticked)
+
+
+def _check_ids(path: Path, records: list[Record]) -> None:
+    """The device numbers its requests once each: a repeated WRITE id is a forged trace."""
+    seen: set[int] = set()
+    for index, rec in enumerate(records):
+        if rec.op != Op.WRITE:
+            continue
+        if rec.request_id in seen:
+            raise OracleError(f"{path}: record {index} repeats the request id "
+                              f"{rec.request_id} of an earlier write")  # fmt: skip
+        seen.add(rec.request_id)
 
 
 def _apply(oracle: Oracle, media: Store, kind: int, rec: Record) -> None:

@@ -13,6 +13,7 @@
 
 import os
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -50,6 +51,25 @@ from nbdfork.log import configure as _configure_log  # noqa: E402
 from nbdfork.server import DeviceService  # noqa: E402
 
 API_VERSION = 2
+
+
+def _one_line_device_errors():
+    # nbdkit logs a callback's exception through traceback.format_exception (plugins/python/
+    # errors.c, print_python_traceback): a DeviceError, which the device raises on purpose (an
+    # injected error, a request beyond the device), is logged as its one-line message; any
+    # other exception, a bug, keeps its traceback.
+    full = traceback.format_exception
+
+    def format_exception(exc, *args, **kwargs):
+        error = args[0] if args else exc
+        if isinstance(error, DeviceError):
+            return [str(error).replace("\n", "\\n")]
+        return full(exc, *args, **kwargs)
+
+    traceback.format_exception = format_exception
+
+
+_one_line_device_errors()
 
 _params: list[tuple[str, str]] = []
 _config: DeviceConfig | None = None
