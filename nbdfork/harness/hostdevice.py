@@ -63,6 +63,7 @@ class HostDevice:
                 params = {"size": "512M", **plan.device, "report": str(report)}
                 if device:  # each medium its own seeded schedule
                     params["seed"] = str(derive_seed(int(params.get("seed", 0)), f"dev{device}"))
+                params.update(plan.device_overrides.get(str(device), {}))
                 socket, start_s = stack.enter_context(launch.private_server(
                     params, log=report / "nbdkit.log", threads=threads, plugin=plan.plugin,
                     env=launch.plugin_env(plan.venv), timeout=_START_TIMEOUT,

@@ -42,6 +42,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         seconds=args.seconds,
         seed=args.seed,
         device={**DEFAULT_DEVICE, **dict(args.device)},
+        device_params=tuple(args.device_param),
         sysctls=dict(args.sysctl) or None,
         workload_options={"pages": args.pages, "threads": args.threads, "kick": args.kick},
         no_vm=args.no_vm,

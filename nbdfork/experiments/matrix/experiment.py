@@ -63,6 +63,14 @@ def _pair(option: str, text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def _device_param(option: str, text: str) -> tuple[int, str, str]:
+    index, sep, pair = text.partition(":")
+    if not sep or not index.isdigit() or int(index) > 7:
+        raise ConfigError(option, f"{text!r} is not N:KEY=VALUE (N: the stack's device, 0-7)")
+    key, value = _pair(option, pair)
+    return int(index), key, value
+
+
 def _sysctl(option: str, text: str) -> tuple[str, str]:
     key, value = _pair(option, text)
     if not re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_]+)+", key):
@@ -99,6 +107,9 @@ OPTIONS: tuple[Option, ...] = (
            campaign=False),
     Option("device", "plugin parameter, repeatable (default: size=512M write-latency=2ms)",
            parse=_pair, kind="repeat", metavar="KEY=VALUE"),
+    Option("device_param", "plugin parameter for one device of the stack only, repeatable: "
+           "1:error-op=write damages the second leg (device 0 is /dev/nbd0)",
+           parse=_device_param, kind="repeat", metavar="N:KEY=VALUE"),
     Option("pages", "hot-set pages per writer thread", parse=parse_bounded_int(1, 1 << 16),
            default=8),
     Option("threads", "writer threads", parse=parse_bounded_int(1, 64), default=1),

@@ -111,6 +111,7 @@ class Plan:
     nbd_host: str = GUEST_FORWARD_ADDR
     nbd_ports: list[int] = field(default_factory=list)  # one guestfwd per NBD connection
     devices: int = 1  # device servers: the most any run's stack needs
+    device_overrides: dict[str, dict[str, str]] = field(default_factory=dict)  # per device
     schema: str = PLAN_SCHEMA
 
     @property

@@ -27,9 +27,9 @@ import msgspec
 from nbdfork import IMPORT_ROOT, PACKAGE, PLUGIN
 from nbdfork.config import parse_params
 from nbdfork.errors import ConfigError, NbdforkError
+from nbdfork.experiments.matrix.experiment import OPTIONS
 from nbdfork.experiments.matrix.plan import (
     CONNECTS_PER_RUN,
-    FILESYSTEMS,
     FIRST_PORT,
     STACK_MODULES,
     Plan,
@@ -71,7 +71,7 @@ from nbdfork.harness.kernel import (
     validate_kernel,
 )
 from nbdfork.harness.protocol import Outcome
-from nbdfork.seeds import check_seed, derive_seed, new_seed
+from nbdfork.seeds import derive_seed, new_seed
 
 __all__ = [
     "DEFAULT_DEVICE",
@@ -107,7 +107,6 @@ DEVICE_LOCATIONS = ("host", "guest")
 TRANSPORT_HOST = "tcp: guest nbd-client -> qemu user net (restrict=on) guestfwd -> unix socket"
 TRANSPORT_GUEST = "unix socket inside the guest"
 
-_WORKLOADS = ("pwrite", "mmap", "odirect", "odirect_inflight", "atomic")
 _WORKLOAD_KNOBS = frozenset({"pages", "threads", "kick", "kick_interval_s", "max_writes"})
 
 
@@ -125,6 +124,7 @@ class RunOptions:
     seconds: float = 10.0
     seed: int | None = None
     device: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_DEVICE))
+    device_params: tuple[tuple[int, str, str], ...] = ()  # (device, key, value): one device
     workload_options: Mapping[str, Any] = field(default_factory=dict)
     no_vm: bool = False
     mkfs_each_run: bool = False
@@ -136,21 +136,30 @@ class RunOptions:
     nbdkit_threads: int | None = None
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first bad option."""
-        _check_items("--fs", self.filesystems, FILESYSTEMS)
-        _check_items("--workload", self.workloads, _WORKLOADS)
-        if not self.stable_writes or any(v not in (0, 1) for v in self.stable_writes):
-            raise ConfigError("--stable-writes", "takes 0, 1 or 0,1")
-        if not 0 < self.seconds <= 3600:
-            raise ConfigError("--seconds", f"{self.seconds:g} must be in (0, 3600]")
-        if self.seed is not None:
-            check_seed("--seed", self.seed)
-        if not 1 <= self.cpus <= 64:
-            raise ConfigError("--cpus", f"{self.cpus} must be in [1, 64]")
-        if self.device_location not in DEVICE_LOCATIONS:
-            raise ConfigError("--device-location", f"{self.device_location!r} is not host or guest")
-        if self.nbdkit_threads is not None and not 1 <= self.nbdkit_threads <= 1024:
-            raise ConfigError("--nbdkit-threads", f"{self.nbdkit_threads} must be in [1, 1024]")
+        """Raise ConfigError naming the first bad option: each value by its option's own
+        parser (nbdfork.experiments.matrix.experiment.OPTIONS), then what options say together."""
+        self._check_values()
+        self._check_combinations()
+        self._check_devices()
+
+    def _check_values(self) -> None:
+        texts = {
+            "fs": ",".join(self.filesystems), "workload": ",".join(self.workloads),
+            "stable_writes": ",".join(map(str, self.stable_writes)),
+            "stack": ",".join(self.stacks), "seconds": repr(float(self.seconds)),
+            "cpus": str(self.cpus), "memory": self.memory, "accel": self.accel,
+            "device_location": self.device_location,
+            "seed": None if self.seed is None else str(self.seed),
+            "nbdkit_threads": None if self.nbdkit_threads is None else str(self.nbdkit_threads),
+        }  # fmt: skip
+        options = {o.name: o for o in OPTIONS}
+        for name, text in texts.items():
+            if text is not None:
+                options[name].parse(options[name].flag, text)
+        for key in self.sysctls or {}:
+            options["sysctl"].parse("--sysctl", f"{key}=")
+
+    def _check_combinations(self) -> None:
         stacks = [parse_stack(s) for s in self.stacks]
         if self.device_location == "guest" and any(s.devices > 1 for s in stacks):
             raise ConfigError("--stack", "a stack of several devices needs the devices on the "
@@ -160,20 +169,23 @@ class RunOptions:
         unknown = sorted(set(self.workload_options) - _WORKLOAD_KNOBS)
         if unknown:
             raise ConfigError("workload option", f"unknown {', '.join(unknown)}")
-        for key in self.sysctls or {}:
-            if not re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_]+)+", key):
-                raise ConfigError("--sysctl", f"{key!r} is not a sysctl name like vm.dirty_ratio")
+
+    def _check_devices(self) -> None:
         if "report" in self.device:
             raise ConfigError("--device", "report= is set by the harness (one per run)")
         parse_params([*self.device.items(), ("report", "/nonexistent")])
+        devices = max(parse_stack(s).devices for s in self.stacks)
+        for index, key, _ in self.device_params:
+            if index >= devices:
+                raise ConfigError("--device-param", f"device {index}: the stacks have only "
+                                  f"{devices} device(s) (0..{devices - 1})")  # fmt: skip
+            if key in ("report", "seed"):
+                raise ConfigError("--device-param", f"{key}= is set by the harness")
+        for index in range(devices):
+            parse_params([*self.device.items(), *self._params_of(index), ("report", "/x")])
 
-
-def _check_items(option: str, items: tuple[str, ...], allowed: tuple[str, ...]) -> None:
-    if not items:
-        raise ConfigError(option, "is empty")
-    for item in items:
-        if item not in allowed:
-            raise ConfigError(option, f"{item!r} is not one of {', '.join(allowed)}")
+    def _params_of(self, device: int) -> list[tuple[str, str]]:
+        return [(k, v) for i, k, v in self.device_params if i == device]
 
 
 def _prepare_out(out: Path) -> Path:
@@ -267,6 +279,7 @@ class RunSession:
             plugin=str(PLUGIN),
             seed=seed,
             device={**opts.device, "seed": str(derive_seed(seed, "device"))},
+            device_overrides={str(i): dict(opts._params_of(i)) for i, _, _ in opts.device_params},
             runs=build_runs(
                 filesystems=list(opts.filesystems),
                 stable_writes=list(opts.stable_writes),
