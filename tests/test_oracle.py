@@ -83,7 +83,7 @@ def test_torn_page_gives_torn_write_with_sector_map(
     payload = encode_page(7, 2, 5) + torn
     w.arrive(8192, payload, time=3.5, conn=2)
     assert sink.events == [{
-        "event": "torn_write", "offset": 12288, "lba": 24, "length": 4096,
+        "event": "torn_write", "format": "stamp", "offset": 12288, "lba": 24, "length": 4096,
         "write_offset": 8192, "write_length": 8192, "stream": 7, "page": 3,
         "generations": [4, 5], "sector_map": [5, 5, 5, 4, 4, 4, 4, 4],
         "first_mismatch": 1536 + 24, "crc_ok": False, "phase": "write", "time": 3.5,
@@ -98,7 +98,8 @@ def test_older_generation_after_newer_replied_is_stale(sink: ListSink, w: Writer
     w.write(4096, encode_page(1, 9, 4))
     w.arrive(4096, encode_page(1, 9, 3), time=7.0)
     assert sink.events == [{
-        "event": "stale_write", "offset": 4096, "lba": 8, "length": 4096, "stream": 1,
+        "event": "stale_write", "format": "stamp", "offset": 4096, "lba": 8, "length": 4096,
+        "stream": 1,
         "page": 9, "generation": 3, "replied_generation": 4, "generations": [3, 4],
         "phase": "arrival", "time": 7.0, "connection": 0, "request_id": 2,
     }]  # fmt: skip
@@ -139,7 +140,8 @@ def test_overlapping_in_flight_writes_give_one_event(sink: ListSink, w: Writer) 
     first = w.arrive(0, bytes(8192), conn=1)
     second = w.arrive(4608, bytes(7680), time=1.5, conn=2)
     assert sink.events == [{
-        "event": "overlapping_write", "offset": 4608, "lba": 9, "length": 3584,
+        "event": "overlapping_write", "format": "none", "offset": 4608, "lba": 9,
+        "length": 3584,
         "request_id": second, "other_request_id": first, "connection": 2,
         "other_connection": 1, "time": 1.5,
     }]  # fmt: skip

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Final, NamedTuple, Protocol
 
 from nbdfork.device.requests import Media, WriteRequest
+from nbdfork.errors import ConfigError
+from nbdfork.oracle.blocks import BLOCK_COUNTS, FormatJudge, covering
+from nbdfork.oracle.formats import FORMATS, FormatBlock
 from nbdfork.oracle.stamp import (
+    NO_STAMPS,
     PAGE_SIZE,
     SECTOR_SIZE,
     SECTORS_PER_PAGE,
@@ -30,6 +34,7 @@ from nbdfork.oracle.stamp import (
 from nbdfork.verdicts import WRITE_VERDICTS, Verdict
 
 __all__ = [
+    "FORMAT_NAMES",
     "Event",
     "EventSink",
     "InFlight",
@@ -56,6 +61,23 @@ COUNTED = (
 )  # fmt: skip
 """The keys of Oracle.counts(): events per verdict, then per-write and per-page tallies."""
 
+STAMP: Final = "stamp"
+FORMAT_NAMES: Final = (STAMP, *sorted(FORMATS))
+"""Every name `formats=` takes: the stamp and each format of nbdfork.oracle.formats."""
+NO_FORMAT: Final = "none"
+"""The `format` of an overlapping_write whose range holds no recognised block."""
+
+
+def validate_formats(names: Sequence[str]) -> tuple[str, ...]:
+    """`names` checked against FORMAT_NAMES, duplicates dropped; a ConfigError on `formats`."""
+    for name in names:
+        if name not in FORMAT_NAMES:
+            known = ",".join(FORMAT_NAMES)
+            raise ConfigError("formats", f"unknown format {name!r} (known: {known})")
+    if not names:
+        raise ConfigError("formats", "is empty (e.g. formats=stamp)")
+    return tuple(dict.fromkeys(names))
+
 
 class EventSink(Protocol):
     """Where verdicts go (an EventLog, a list in tests)."""
@@ -72,6 +94,8 @@ class InFlight(NamedTuple):
     end_sector: int
     stamps: Stamps | None  # the pages judged whole from the payload (None: no stamped page)
     pieces: tuple[Piece, ...]
+    blocks: tuple[FormatBlock, ...] = ()  # other formats' blocks it carries
+    track: tuple[FormatBlock, ...] = ()  # those whose version counts once it lands
 
 
 def _where(req: WriteRequest) -> Event:
@@ -92,7 +116,8 @@ def validate_torn(
     for offset, d in torn:
         gens = sorted({g for g in d.sector_generations if g is not None})
         events.append({
-            "event": Verdict.TORN.value, "offset": offset, "lba": offset // SECTOR_SIZE,
+            "event": Verdict.TORN.value, "format": STAMP, "offset": offset,
+            "lba": offset // SECTOR_SIZE,
             "length": PAGE_SIZE, "write_offset": req.offset, "write_length": req.length,
             "stream": d.stream, "page": d.page, "generations": gens,
             "sector_map": list(d.sector_generations), "first_mismatch": d.first_mismatch,
@@ -119,7 +144,8 @@ def validate_stale(
         newer = replied.get((lba, stream, page))
         if newer is not None and gen < newer:
             events.append({
-                "event": Verdict.STALE.value, "offset": lba * SECTOR_SIZE, "lba": lba,
+                "event": Verdict.STALE.value, "format": STAMP, "offset": lba * SECTOR_SIZE,
+                "lba": lba,
                 "length": PAGE_SIZE, "stream": stream, "page": page, "generation": gen,
                 "replied_generation": newer, "generations": [gen, newer], "phase": phase,
                 **_where(req),
@@ -127,15 +153,23 @@ def validate_stale(
     return events
 
 
-def validate_overlap(req: WriteRequest, in_flight: Iterable[WriteRequest]) -> list[Event]:
-    """An overlapping_write event per in-flight WRITE sharing a 512-byte sector with `req`."""
+def validate_overlap(
+    req: WriteRequest,
+    in_flight: Iterable[WriteRequest],
+    name: Callable[[WriteRequest, int, int], dict[str, object]] | None = None,
+) -> list[Event]:
+    """An overlapping_write event per in-flight WRITE sharing a 512-byte sector with `req`;
+    `name(other, start, end)` gives the format (and block kind) the shared bytes hold."""
     events: list[Event] = []
     for other in in_flight:
         start = max(req.first_sector, other.first_sector)
         end = min(req.end_sector, other.end_sector)
         if start < end:
+            what = {"format": STAMP} if name is None else name(
+                other, start * SECTOR_SIZE, end * SECTOR_SIZE)
             events.append({
-                "event": Verdict.OVERLAPPING.value, "offset": start * SECTOR_SIZE, "lba": start,
+                "event": Verdict.OVERLAPPING.value, **what, "offset": start * SECTOR_SIZE,
+                "lba": start,
                 "length": (end - start) * SECTOR_SIZE, "request_id": req.request_id,
                 "other_request_id": other.request_id, "connection": req.connection,
                 "other_connection": other.connection, "time": req.time,
@@ -183,9 +217,17 @@ class Oracle:
     flight beside it — takes one lock, no event and no per-page object.
     """
 
-    def __init__(self, sink: EventSink, media: Media | None = None) -> None:
+    def __init__(
+        self, sink: EventSink, media: Media | None = None, formats: Sequence[str] = (STAMP,)
+    ) -> None:
         self._sink = sink
         self._media = media
+        self.formats = validate_formats(formats)
+        self._stamp = STAMP in self.formats
+        others = [f for f in self.formats if f != STAMP]
+        self._blocks = FormatJudge(others) if others else None
+        self._fmt: Counter[str] = Counter()  # "format.key" -> n, for format_counts()
+        self._fmt_by_conn: dict[int, Counter[str]] = {}
         self._lock = threading.Lock()
         self._in_flight: dict[int, InFlight] = {}
         self._replied: dict[PageKey, int] = {}
@@ -200,7 +242,8 @@ class Oracle:
         offset, length = req.offset, req.length
         if len(data) != length:
             raise ValueError(f"write {req.request_id}: payload {len(data)} bytes, length {length}")
-        stamps, pieces = find_pages(data, offset)  # outside the lock: pure
+        stamps, pieces = find_pages(data, offset) if self._stamp else (NO_STAMPS, ())
+        blocks = () if self._blocks is None else self._blocks.scan(_view(data), offset)
         valid = _valid_keys(stamps) if stamps.valid else ()
         whole = stamps if stamps.stamped else None
         first, end = offset // SECTOR_SIZE, -(-(offset + length) // SECTOR_SIZE)
@@ -209,9 +252,15 @@ class Oracle:
             in_flight = self._in_flight
             if req.request_id in in_flight:
                 raise ValueError(f"write {req.request_id} is already in flight")
-            others = [f[0] for f in in_flight.values() if f[2] < end and first < f[3]]
+            others = [f for f in in_flight.values() if f[2] < end and first < f[3]]
             if others:
-                events += validate_overlap(req, others)
+                events += self._overlaps(req, others, blocks, stamps, pieces)
+            track: tuple[FormatBlock, ...] = ()
+            if blocks:
+                assert self._blocks is not None
+                conn_fmt = self._fmt_conn(req.connection)
+                found, track = self._blocks.arrived(req, blocks, (self._fmt, conn_fmt))
+                events += found
             if stamps.torn:
                 events += validate_torn(req, stamps.torn)
             if valid:
@@ -220,7 +269,7 @@ class Oracle:
                     events += stale
                     valid = tuple(v for v in valid if v[1] >= self._replied.get(v[0], -1))
             # tuple.__new__ builds the NamedTuple without running its Python-level __new__
-            flight = (req, valid, first, end, whole, pieces)
+            flight = (req, valid, first, end, whole, pieces, blocks, track)
             in_flight[req.request_id] = _new_tuple(InFlight, flight)
             self._writes += 1
             conn = self._conn(req.connection)
@@ -255,7 +304,7 @@ class Oracle:
             elif not ok:
                 self._counts["failed_writes"] += 1
                 self._conn(flight.req.connection)["failed_writes"] += 1
-            elif flight.valid or flight.stamps or flight.pieces:
+            elif flight.valid or flight.stamps or flight.pieces or flight.track:
                 events = self._land(flight, time)
             if events:  # emitted under the lock: events.jsonl follows the oracle's history
                 self._count_events(events)
@@ -279,7 +328,35 @@ class Oracle:
                 self._assembling.pop(anchor, None)
         for piece in flight.pieces:
             events += self._add_piece(req, piece)
+        if flight.track:
+            assert self._blocks is not None
+            events += self._blocks.landed(req, flight.track)
         return events
+
+    def _overlaps(
+        self,
+        req: WriteRequest,
+        others: list[InFlight],
+        blocks: tuple[FormatBlock, ...],
+        stamps: Stamps,
+        pieces: tuple[Piece, ...],
+    ) -> list[Event]:
+        """overlapping_write events of `req` against in-flight `others`, each naming the format
+        of a block in the shared range (the arriving WRITE's first), else `none`."""
+        flights = {f.req.request_id: f for f in others}
+
+        def name(other: WriteRequest, start: int, end: int) -> dict[str, object]:
+            theirs = flights[other.request_id]
+            block = covering(blocks, start, end) or covering(theirs.blocks, start, end)
+            if block is not None:
+                return {"format": block.format, "kind": block.kind}
+            if _stamped_in(stamps, pieces, start, end) or _stamped_in(
+                theirs.stamps or NO_STAMPS, theirs.pieces, start, end
+            ):
+                return {"format": STAMP}
+            return {"format": NO_FORMAT}
+
+        return validate_overlap(req, [f.req for f in others], name)
 
     def _add_piece(self, req: WriteRequest, piece: Piece) -> list[Event]:
         """A piece of a page landed: judge the page on the media once all 8 sectors have."""
@@ -386,10 +463,41 @@ class Oracle:
             return [f.req for f in self._in_flight.values()]
 
     def _count_events(self, events: list[Event]) -> None:
-        """Count verdicts by kind (lock held)."""
+        """Count verdicts by kind, and by format (lock held)."""
         for e in events:
-            self._counts[str(e["event"])] += 1
-            self._conn(int(e["connection"]))[str(e["event"])] += 1  # type: ignore[call-overload]
+            kind = str(e["event"])
+            connection = int(e["connection"])  # type: ignore[call-overload]
+            self._counts[kind] += 1
+            self._conn(connection)[kind] += 1
+            key = f"{e.get('format', STAMP)}.{kind}"
+            self._fmt[key] += 1
+            self._fmt_conn(connection)[key] += 1
+
+    def _fmt_conn(self, connection: int) -> Counter[str]:
+        """The per-format counts of one connection (lock held)."""
+        counts = self._fmt_by_conn.get(connection)
+        if counts is None:
+            counts = self._fmt_by_conn[connection] = Counter()
+        return counts
+
+    def format_counts(self, connection: int | None = None) -> dict[str, dict[str, int]]:
+        """Per format (each of `formats`, and `none` once an overlap held no block): its
+        verdict counts and its blocks found, ok, torn and unchecked; of the whole device or of
+        one connection. The stamp's blocks are its stamped pages."""
+        with self._lock:
+            fmt = Counter(self._fmt if connection is None else self._fmt_conn(connection))
+            pages = self._counts if connection is None else self._conn(connection)
+            stamped = self._stamped if connection is None else pages["stamped_pages"]
+            valid = self._valid if connection is None else pages["valid_pages"]
+            torn_pages = pages["torn_pages"]
+        if self._stamp:
+            fmt.update({f"{STAMP}.blocks": stamped, f"{STAMP}.ok_blocks": valid,
+                        f"{STAMP}.torn_blocks": torn_pages})  # fmt: skip
+        names = list(self.formats)
+        if any(k.startswith(f"{NO_FORMAT}.") for k in fmt):
+            names.append(NO_FORMAT)
+        keys = (*map(str, WRITE_VERDICTS), *BLOCK_COUNTS)
+        return {n: {k: fmt.get(f"{n}.{k}", 0) for k in keys} for n in names}
 
     def _emit(self, events: list[Event]) -> None:
         """Hand the events to the sink, in order."""
@@ -405,6 +513,22 @@ def _evidence(data: bytes, stream: int, page: int) -> bool:
     return len(set(gens)) > 1 or len(gens) == SECTORS_PER_PAGE
 
 
-def judge(sink: EventSink) -> Callable[[Media], Oracle]:
-    """The factory a Device takes to have its writes judged by an Oracle reporting to `sink`."""
-    return lambda media: Oracle(sink, media)
+def _view(data: Buffer) -> memoryview:
+    """A payload as a flat byte view (nbdkit hands a memoryview; tests bytes or arrays)."""
+    view = data if isinstance(data, memoryview) else memoryview(data)  # type: ignore[arg-type]
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def _stamped_in(stamps: Stamps, pieces: Iterable[Piece], start: int, end: int) -> bool:
+    """Whether a stamped page (whole or a piece) of one WRITE shares a byte with [start, end)."""
+    offsets = [v.offset for v in stamps.valid] + [o for o, _ in stamps.torn]
+    offsets += [p.anchor * SECTOR_SIZE for p in pieces]
+    return any(o < end and start < o + PAGE_SIZE for o in offsets)
+
+
+def judge(
+    sink: EventSink, formats: Sequence[str] = (STAMP,)
+) -> Callable[[Media], Oracle]:
+    """The factory a Device takes to have its writes judged by an Oracle reporting to `sink`,
+    for the formats named (default: the stamp alone)."""
+    return lambda media: Oracle(sink, media, formats)

@@ -25,6 +25,7 @@ __all__ = [
     "crc32c_raw",
     "crc32c_std",
     "crc32c_std_skip",
+    "older",
     "sector_candidates",
 ]
 
@@ -50,7 +51,9 @@ class FormatBlock:
     the block says it is besides its place (fio's file offset and thread, btrfs bytenr and
     owner, XFS daddr or inode number), so that versions are compared only between blocks of the
     same ident. `torn_at` is the device byte offset of the first byte known bad when the layout
-    locates a tear (a sub-block checksum, a per-sector stamp), else None.
+    locates a tear (a sub-block checksum, a per-sector stamp), else None. `version_bits` is
+    the width of `version` on disk: a narrow counter (fio <= 3.40's 16-bit numberio, jbd2's
+    32-bit tid) wraps, and is compared in serial-number arithmetic (`older`).
     """
 
     format: str
@@ -62,6 +65,21 @@ class FormatBlock:
     verdict: Verdict
     torn_at: int | None = None
     reason: str = ""
+    version_bits: int = 64
+
+    def older_than(self, other: int) -> bool:
+        """Whether this block's version is older than `other` (a version of the same ident)."""
+        assert self.version is not None
+        return older(self.version, other, self.version_bits)
+
+
+def older(version: int, than: int, bits: int = 64) -> bool:
+    """`version` < `than`, in serial-number arithmetic (RFC 1982) when `bits` < 64: a counter
+    that wrapped is newer, not older, when it is less than half its range behind."""
+    if bits >= 64:
+        return version < than
+    diff = (than - version) % (1 << bits)
+    return 0 < diff < 1 << (bits - 1)
 
 
 class BlockFormat(Protocol):

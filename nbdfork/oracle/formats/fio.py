@@ -144,6 +144,7 @@ class FioFormat:
             return FormatBlock(
                 "fio", f"fio.{name}", at, hdr.length, hdr.numberio,
                 (hdr.offset, hdr.thread), verdict, torn_at, reason,
+                16 if hdr.layout is _OLD else 64,
             )  # fmt: skip
 
         lay = hdr.layout

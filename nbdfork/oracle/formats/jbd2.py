@@ -70,7 +70,7 @@ class Jbd2Journal:
 
         def result(length: int, verdict: Verdict, reason: str = "") -> FormatBlock:
             return FormatBlock("ext4", _KINDS[btype], at, length, sequence, (), verdict,
-                               None, reason)  # fmt: skip
+                               None, reason, 32)  # fmt: skip (tid_t wraps: tid_gt())
 
         if btype in (_SB_V1, _SB_V2):
             return self._superblock(block, btype, result)

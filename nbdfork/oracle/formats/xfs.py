@@ -202,7 +202,8 @@ class XfsFormat:
         torn_at: int | None = None,
         reason: str = "",
     ) -> FormatBlock:
-        lsn = _U64.unpack_from(block, kind.lsn)[0]
+        # LSN 0: a buffer written outside the log (mkfs, a new inode chunk): no version.
+        lsn = _U64.unpack_from(block, kind.lsn)[0] or None
         ident = () if kind.blkno < 0 else (_U64.unpack_from(block, kind.blkno)[0],)
         return FormatBlock("xfs", kind.name, at, length, lsn, ident, verdict, torn_at, reason)
 
