@@ -23,7 +23,9 @@ from nbdfork.seeds import new_seed
 __all__ = [
     "OPS",
     "PARAMS",
+    "CorruptSpec",
     "DeviceConfig",
+    "FORMAT_NAMES",
     "FaultSpec",
     "LatencySpec",
     "Op",
@@ -105,6 +107,32 @@ class FaultSpec:
         }
 
 
+FORMAT_NAMES: tuple[str, ...] = ("stamp", "btrfs", "ext4", "fio", "xfs")
+"""What `formats=` takes: nbdfork's stamp and the formats of nbdfork.oracle.formats (a test
+checks the two lists agree; config imports no oracle)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CorruptSpec:
+    """In-flight corruption: one byte of a matching WRITE changed before the device sees it."""
+
+    enabled: bool = False
+    probability: float = 1.0
+    range: tuple[int, int] | None = None
+    trigger: Path | None = None
+
+    def describe(self) -> dict[str, object] | None:
+        """The spec as JSON values (None when nothing is corrupted)."""
+        if not self.enabled:
+            return None
+        return {
+            "ops": ["write"],
+            "probability": self.probability,
+            "range": list(self.range) if self.range else None,
+            "trigger": str(self.trigger) if self.trigger else None,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceConfig:
     """Everything the emulated device needs; built only through `parse_params`."""
@@ -125,6 +153,8 @@ class DeviceConfig:
     ignore_flush: bool = False
     reorder_window: int = 0
     faults: FaultSpec = field(default_factory=FaultSpec)
+    formats: tuple[str, ...] = ("stamp",)
+    corrupt: CorruptSpec = field(default_factory=CorruptSpec)
 
     def latency_for(self, op: Op) -> LatencySpec:
         """The latency spec of one op type (no latency when not configured)."""
@@ -153,6 +183,8 @@ class DeviceConfig:
             "ignore_flush": self.ignore_flush,
             "reorder_window": self.reorder_window,
             "errors": self.faults.describe(),
+            "formats": list(self.formats),
+            "corrupt": self.corrupt.describe(),
         }
 
 
@@ -191,6 +223,13 @@ PARAMS: tuple[Param, ...] = (
     Param("error-errno", "NAME", "errno of injected errors: EIO (default), " + ", ".join(
         e for e in NBD_ERRNOS if e != "EIO")),
     Param("error-trigger", "PATH", "only while this file exists"),
+    Param("formats", "LIST", "formats the oracle judges: " + ",".join(FORMAT_NAMES)
+          + " (default stamp)"),
+    Param("corrupt-op", "write", "change one byte of matching WRITEs in flight (a control)"),
+    Param("corrupt-probability", "P", "probability per matching WRITE (default 1)"),
+    Param("corrupt-range", "START-END", "only WRITEs touching this byte range; the byte "
+          "changed lies inside it"),
+    Param("corrupt-trigger", "PATH", "corrupt only while this file exists"),
 )
 _KEYS = {p.key: p for p in PARAMS}
 
@@ -355,7 +394,38 @@ def _build(raw: Mapping[str, str]) -> DeviceConfig:
         ignore_flush=_parse_bool("ignore-flush", raw.get("ignore-flush", "off")),
         reorder_window=parse_int("reorder-window", raw.get("reorder-window", "0"), 0, 4096),
         faults=_faults(raw),
+        formats=parse_formats("formats", raw.get("formats", "stamp")),
+        corrupt=_corrupt(raw),
     )
+
+
+def parse_formats(key: str, text: str) -> tuple[str, ...]:
+    """`stamp,xfs`: names from FORMAT_NAMES, comma-separated, duplicates dropped."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(key, "is empty (e.g. formats=stamp,ext4)")
+    for name in names:
+        if name not in FORMAT_NAMES:
+            known = ",".join(FORMAT_NAMES)
+            raise ConfigError(key, f"unknown format {_shown(name)} (known: {known})")
+    return tuple(dict.fromkeys(names))
+
+
+def _corrupt(raw: Mapping[str, str]) -> CorruptSpec:
+    keys = [k for k in raw if k.startswith("corrupt-")]
+    if not keys:
+        return CorruptSpec()
+    if raw.get("corrupt-op", "").strip() != "write":
+        bad = "corrupt-op" if "corrupt-op" in raw else keys[0]
+        raise ConfigError(bad, "needs corrupt-op=write (only WRITEs are corrupted)")
+    return CorruptSpec(
+        enabled=True,
+        probability=_parse_float("corrupt-probability", raw.get("corrupt-probability", "1"),
+                                 0.0, 1.0),
+        range=_parse_range("corrupt-range", raw["corrupt-range"])
+        if "corrupt-range" in raw else None,
+        trigger=_opt_path(raw, "corrupt-trigger"),
+    )  # fmt: skip
 
 
 _FAULT_OPS = frozenset({"read", "write", "flush", "trim", "zero"})

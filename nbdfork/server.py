@@ -56,7 +56,7 @@ class DeviceService:
             fd = self._dir.create("events.jsonl")
             self._events = EventLog(config.report / "events.jsonl", fd=fd)
         try:
-            self.device = Device(config, judge(self._events), clock)
+            self.device = Device(config, judge(self._events, config.formats), clock)
         except OSError as exc:  # the store's open, ftruncate or mmap
             self._events.close()
             key = "file" if config.file else "size"
@@ -128,6 +128,7 @@ class DeviceService:
             "counts": {k: counts.pop(k, 0) for k in VERDICTS},
             "stamped_pages": stamped,
             "oracle": counts,
+            "formats": device.format_counts(),
             "cache_pending_bytes": device.cache.pending_bytes() if device.cache else 0,
             "trace_records": device.trace.records if device.trace else 0,
             **device.stats.as_dict(),
@@ -153,6 +154,7 @@ class DeviceService:
             "counts": {k: counts.pop(k, 0) for k in VERDICTS},
             "stamped_pages": stamped,
             "oracle": counts,
+            "formats": device.format_counts(connection),
             "write_service_ms": service_percentiles(device.service_times.get(connection)),
             "write_sizes": {str(k): v for k, v in
                             sorted(device.write_sizes.get(connection, {}).items())},

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from nbdfork.config import DeviceConfig, Op
 from nbdfork.device.cache import CacheModel
 from nbdfork.device.clock import Clock, MonotonicClock
-from nbdfork.device.faults import FaultInjector
+from nbdfork.device.faults import Corrupter, FaultInjector
 from nbdfork.device.latency import LatencyModel
 from nbdfork.device.reorder import ReorderGate
 from nbdfork.device.requests import JudgeFactory, WriteRequest
@@ -64,6 +64,7 @@ class DeviceStats:
     trims: int = 0
     zeros: int = 0
     errors_injected: int = 0
+    corruptions_injected: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict."""
@@ -86,6 +87,8 @@ class Device:
         self.trace = TraceWriter(config.trace, config.size) if config.trace else None
         self.reorder = self._make_reorder(config)
         self.faults = FaultInjector(config.faults, self.rng) if config.faults.ops else None
+        self.corrupter = Corrupter(config.corrupt, self.rng) if config.corrupt.enabled else None
+        self.corruptions: list[tuple[int, int]] = []  # (request id, device offset) per byte
         self.stats = DeviceStats()
         self.connection_stats: dict[int, DeviceStats] = {}  # the same counters per connection
         # Seconds from arrival to landing of each WRITE, per connection: the device's own
@@ -175,6 +178,8 @@ class Device:
         """A WRITE arrived: the oracle judges its payload and it joins the in-flight set."""
         self.store.check(offset, len(data))
         w = ArrivedWrite(next(self._ids), connection, offset, data, fua, self.elapsed())
+        if self.corrupter is not None:
+            data = w.data = self._corrupt(w)
         if self.oracle is not None:
             request = WriteRequest(w.request_id, connection, offset, len(data), fua, w.arrival)
             w.arrival_tick = self.oracle.write_arrived(request, data)
@@ -182,6 +187,24 @@ class Device:
             self.stats.writes += 1
             self._conn(connection).writes += 1
         return w
+
+    def _corrupt(self, w: ArrivedWrite) -> memoryview | bytes:
+        """The payload as it arrives: one byte changed in flight when `corrupt-*` says so."""
+        assert self.corrupter is not None
+        hit = self.corrupter.corrupt(w.request_id, w.offset, w.data)
+        if hit is None:
+            return w.data
+        with self._lock:
+            self.stats.corruptions_injected += 1
+            self._conn(w.connection).corruptions_injected += 1
+            self.corruptions.append((w.request_id, hit[1]))
+        return hit[0]
+
+    def format_counts(self, connection: int | None = None) -> dict[str, dict[str, int]]:
+        """Verdicts and blocks per format the oracle judges (empty when the oracle is off)."""
+        if self.oracle is None:
+            return {}
+        return self.oracle.format_counts(connection)
 
     def write_land(self, w: ArrivedWrite) -> None:
         """The WRITE reaches the media: store, cache, trace and oracle in one order."""

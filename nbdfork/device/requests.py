@@ -59,5 +59,7 @@ class Judge(Protocol):
 
     def counts(self, connection: int | None = None) -> dict[str, int]: ...
 
+    def format_counts(self, connection: int | None = None) -> dict[str, dict[str, int]]: ...
+
 
 JudgeFactory = Callable[[Media], Judge]

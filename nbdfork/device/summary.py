@@ -48,6 +48,10 @@ class _Counters(msgspec.Struct, kw_only=True):
     trims: int = 0
     zeros: int = 0
     errors_injected: int = 0
+    corruptions_injected: int = 0
+    # per format judged (stamp, fio, xfs, btrfs, ext4; `none`: an overlap holding no block):
+    # torn_write, stale_write, overlapping_write, blocks, ok_blocks, torn_blocks, unchecked_blocks
+    formats: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
 
 
 class DeviceSummary(_Counters, kw_only=True):

@@ -41,7 +41,9 @@ def _where(req: WriteRequest) -> dict[str, object]:
     return {"time": req.time, "connection": req.connection, "request_id": req.request_id}
 
 
-def block_event(kind: str, req: WriteRequest, block: FormatBlock, **extra: object) -> dict[str, object]:
+def block_event(
+    kind: str, req: WriteRequest, block: FormatBlock, **extra: object
+) -> dict[str, object]:
     """A verdict on a format block: where it lies, what it is and which version it carries."""
     return {
         "event": kind, "format": block.format, "kind": block.kind, "offset": block.offset,
