@@ -67,7 +67,14 @@ BAD = [
                  "report, seed, oracle, latency, read-latency, write-latency, flush-latency, "
                  "trim-latency, bandwidth, stall-probability, stall, trace, cache, cache-size, "
                  "ignore-flush, reorder-window, error-op, error-probability, error-range, "
-                 "error-errno, error-trigger)", id="unknown-key"),
+                 "error-errno, error-trigger, formats, corrupt-op, corrupt-probability, "
+                 "corrupt-range, corrupt-trigger)", id="unknown-key"),
+    pytest.param(["size=1M", "formats=stamp,zfs"],
+                 "formats: unknown format 'zfs' (known: stamp,btrfs,ext4,fio,xfs)",
+                 id="formats-unknown"),
+    pytest.param(["size=1M", "corrupt-range=0-4K"],
+                 "corrupt-range: needs corrupt-op=write (only WRITEs are corrupted)",
+                 id="corrupt-without-op"),
     # seed, switches, integers
     pytest.param(["size=1M", "seed=²"], "seed: '²' must be an integer from 0 to 2**64-1",
                  id="seed-superscript"),
@@ -384,7 +391,7 @@ def test_dump_plugin_lists_every_parameter() -> None:
     )  # fmt: skip
     keys = [line.split("=", 1)[0] for line in result.stdout.splitlines()]
     params = [k.removeprefix("nbdfork_param_") for k in keys if k.startswith("nbdfork_param_")]
-    assert params[0] == "size" and "error-errno" in params and len(params) == 23
+    assert params[0] == "size" and "error-errno" in params and len(params) == 28
     assert "nbdfork_param_size=SIZE (required): device size" in result.stdout
 
 
