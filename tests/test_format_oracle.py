@@ -317,5 +317,25 @@ def test_events_of_a_served_device_name_their_format(
         ("torn_write", "stamp"): 1, ("torn_write", "fio"): 1
     }
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["counts"]["torn_write"] == 2
+    assert summary["counts"]["torn_write"] == 1  # top level: the stamp's, as before formats
     assert {n: c["torn_write"] for n, c in summary["formats"].items()} == {"stamp": 1, "fio": 1}
+
+
+def test_a_trace_rejudged_with_the_recorded_formats_gives_the_same_events(
+    tmp_path: Path,
+) -> None:
+    """An ext4 mkfs image with one corrupted byte, traced live: re-judging the trace with
+    formats stamp,ext4 gives the same events (one torn ext4.super), with the stamp alone none."""
+    from nbdfork.oracle.rejudge import rejudge_trace  # noqa: PLC0415
+
+    sink = ListSink()
+    trace = tmp_path / "t.trace"
+    dev = device(sink, "formats=stamp,ext4", "corrupt-op=write", "corrupt-range=1K-2K",
+                 f"trace={trace}")  # fmt: skip
+    feed(dev, ext4_image(tmp_path).read_bytes())
+    dev.close()
+    again, stamp_only = ListSink(), ListSink()
+    rejudge_trace(trace, again, ("stamp", "ext4"))
+    rejudge_trace(trace, stamp_only)
+    assert [(e["event"], e["kind"]) for e in sink.events] == [("torn_write", "ext4.super")]
+    assert again.events == sink.events and stamp_only.events == []

@@ -14,7 +14,8 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from nbdfork.errors import ReportError
+from nbdfork.config import parse_formats
+from nbdfork.errors import ConfigError, ReportError
 from nbdfork.files import read_bounded
 from nbdfork.oracle.events import EventLog, read_events, summarize
 from nbdfork.oracle.rejudge import rejudge_trace
@@ -134,7 +135,7 @@ def _handle_trace(args: argparse.Namespace) -> int:
     log = _open_new(args.events) if args.events else None
     sink = _Collect(log)
     try:
-        result = rejudge_trace(trace, sink)
+        result = rejudge_trace(trace, sink, _recorded_formats(args.against))
     finally:
         if log is not None:
             log.close()
@@ -148,6 +149,21 @@ def _handle_trace(args: argparse.Namespace) -> int:
         status = _compare(sink.events, args.against / "events.jsonl")
     violations = sum(counts.get(v, 0) for v in _VERDICTS)
     return 1 if status or (args.fail_on_violation and violations) else 0
+
+
+def _recorded_formats(report: Path | None) -> tuple[str, ...]:
+    """The formats the live device judged (its summary.json's settings), else the stamp."""
+    if report is None:
+        return ("stamp",)
+    try:
+        summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
+        formats = summary["settings"]["formats"]
+    except (TypeError, OSError, ValueError, KeyError):
+        return ("stamp",)
+    try:
+        return parse_formats("formats", ",".join(map(str, formats)))
+    except ConfigError as exc:
+        raise ReportError(f"{report / 'summary.json'}: settings.{exc}") from None
 
 
 def _compare(events: list[dict[str, object]], path: Path) -> int:

@@ -11,7 +11,7 @@ placed by arrival time, which can differ from the live order for writes that rac
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,13 +68,16 @@ def _untimed(keyed: list[tuple[float, int, int, Record]]) -> list[tuple[float, i
     return out
 
 
-def rejudge_trace(path: Path, sink: EventSink) -> Rejudged:
-    """Judge the trace at `path` with a fresh Oracle, sending its events to `sink`."""
+def rejudge_trace(
+    path: Path, sink: EventSink, formats: Sequence[str] = ("stamp",)
+) -> Rejudged:
+    """Judge the trace at `path` with a fresh Oracle for `formats` (those the live device
+    judged), sending its events to `sink`."""
     records = list(read_trace(path))
     _check_ids(path, records)
     ticked = any(r.tick for r in records)
     media = Store(trace_device_size(path))
-    oracle = Oracle(sink, media)
+    oracle = Oracle(sink, media, formats)
     try:
         for kind, rec in _steps(records, ticked):
             _apply(oracle, media, kind, rec)

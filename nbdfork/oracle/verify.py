@@ -64,6 +64,7 @@ COUNTED = (
 STAMP: Final = "stamp"
 FORMAT_NAMES: Final = (STAMP, *sorted(FORMATS))
 """Every name `formats=` takes: the stamp and each format of nbdfork.oracle.formats."""
+_OVERLAPPING: Final = Verdict.OVERLAPPING.value
 NO_FORMAT: Final = "none"
 """The `format` of an overlapping_write whose range holds no recognised block."""
 
@@ -463,13 +464,16 @@ class Oracle:
             return [f.req for f in self._in_flight.values()]
 
     def _count_events(self, events: list[Event]) -> None:
-        """Count verdicts by kind, and by format (lock held)."""
+        """Count verdicts by format, and in the top-level counts as before formats existed:
+        the stamp's torn and stale pages, and every overlap (lock held)."""
         for e in events:
             kind = str(e["event"])
             connection = int(e["connection"])  # type: ignore[call-overload]
-            self._counts[kind] += 1
-            self._conn(connection)[kind] += 1
-            key = f"{e.get('format', STAMP)}.{kind}"
+            fmt = e.get("format", STAMP)
+            if fmt == STAMP or kind == _OVERLAPPING:
+                self._counts[kind] += 1
+                self._conn(connection)[kind] += 1
+            key = f"{fmt}.{kind}"
             self._fmt[key] += 1
             self._fmt_conn(connection)[key] += 1
 
