@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from matplotlib.image import imread
 
@@ -21,7 +22,13 @@ from nbdfork.errors import ReportError
 from nbdfork.experiments.matrix.events import read_tears, tear_offset
 from nbdfork.experiments.matrix.findings import findings, p99_stall_ratio
 from nbdfork.experiments.matrix.render import fmt_ms, render_report
-from nbdfork.experiments.matrix.schema import SCHEMA, load_report, write_report
+from nbdfork.experiments.matrix.schema import (
+    SCHEMA,
+    FioCheck,
+    FormatVerdicts,
+    load_report,
+    write_report,
+)
 from nbdfork.report.document import Bullets, Paragraph, Table, to_html, to_markdown
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
@@ -145,7 +152,28 @@ def test_findings_of_the_golden_run() -> None:
         "x1.1 on xfs",
         "stale writes: ext4-sw0-pwrite 1",
         "overlapping writes: xfs-sw0-odirect 1",
+        "filesystem metadata: no torn, stale or overlapping block (1302 ext4, 1574 xfs blocks "
+        "judged)",
         "not measured: xfs-sw1-mmap (vm_lost)",
+    ]
+
+
+def test_findings_name_a_metadata_verdict_and_fio_beside_the_device() -> None:
+    """A torn ext4 block in one run is named with its counts; a fio run says fio's read-back
+    result beside the torn fio blocks the device saw."""
+    report = load_report(GOLDEN)
+    run = report.runs[0]
+    meta = msgspec.structs.replace(run.formats["ext4"], torn=2, torn_blocks=2)
+    fio = FioCheck(job="j.fio", write_exit=0, write_errors=(0,), write_ios=10, verify_exit=0,
+                   verify_errors=(0,), read_back_ios=10, passed=True)  # fmt: skip
+    torn = msgspec.structs.replace(
+        run, formats={**run.formats, "ext4": meta, "fio": FormatVerdicts(torn=3, blocks=9)},
+        fio=fio)  # fmt: skip
+    lines = findings([torn])
+    assert lines[-2:] == [
+        "filesystem metadata verdicts (torn/stale/overlapping): ext4-sw0-pwrite 2/0/0 "
+        "(300 ext4 blocks judged): a kernel bug or an oracle error, see events.jsonl",
+        "ext4-sw0-pwrite: fio read-back passed, device saw 3 torn fio blocks",
     ]
 
 
@@ -154,7 +182,9 @@ def test_findings_claim_no_only_when_one_setting_ran() -> None:
     report = load_report(GOLDEN)
     runs = [r for r in report.runs if r.stable_writes == 0 and r.workload == "pwrite"]
     assert findings(runs) == ["pwrite tears with stable_writes=0 on ext4, xfs",
-                              "stale writes: ext4-sw0-pwrite 1"]
+                              "stale writes: ext4-sw0-pwrite 1",
+                              "filesystem metadata: no torn, stale or overlapping block "
+                              "(300 ext4, 368 xfs blocks judged)"]
 
 
 def test_p99_stall_ratio_needs_both_settings() -> None:

@@ -19,6 +19,7 @@ from nbdfork.options import (
 )
 from nbdfork.seeds import SEED_LIMIT
 from nbdfork.workloads import KICK_MODES, WORKLOADS
+from nbdfork.workloads.fio import FIO_PREFIX, validate_jobfile
 
 __all__ = ["EXPERIMENT", "OPTIONS"]
 
@@ -27,6 +28,7 @@ examples:
   nbdfork run                                   ext4,xfs x stable_writes 0,1 x pwrite, ~2 min
   nbdfork run --fs ext4 --seconds 30 --seed 7   one filesystem, longer, reproducible
   nbdfork run --workload pwrite,mmap,odirect --out results/all
+  nbdfork run --fs ext4 --workload fio:jobs/randwrite.fio   your fio job, judged as it arrives
   nbdfork run --kernel 6.12                     another packaged kernel
   nbdfork run --kernel ~/linux/arch/x86/boot/bzImage --modules /tmp/mods/lib/modules/6.13.0
   nbdfork run --device write-latency=lognormal:2ms:0.5 --device size=1G
@@ -42,6 +44,21 @@ def _list_of(allowed: tuple[str, ...]) -> Parser:
         return tuple(parse_list(option, text, allowed))
 
     return parse
+
+
+def _workloads(option: str, text: str) -> tuple[str, ...]:
+    """Workload names, or fio:JOBFILE (checked now: a missing or bad job costs no boot)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    named = [i for i in items if not i.startswith(FIO_PREFIX)]
+    if named or not items:
+        parse_list(option, ",".join(named), tuple(WORKLOADS))
+    for item in items:
+        if item.startswith(FIO_PREFIX):
+            try:
+                validate_jobfile(item)
+            except ConfigError as exc:
+                raise ConfigError(option, exc.problem) from None
+    return tuple(dict.fromkeys(items))
 
 
 def _stable_writes(option: str, text: str) -> tuple[int, ...]:
@@ -97,8 +114,9 @@ OPTIONS: tuple[Option, ...] = (
            parse=_stacks, default=("plain",), metavar="STACK"),
     Option("stable_writes", "stable_writes settings", parse=_stable_writes, default=(0, 1),
            metavar="0,1"),
-    Option("workload", f"workloads, from {','.join(WORKLOADS)}",
-           parse=_list_of(tuple(WORKLOADS)), default=("pwrite",)),
+    Option("workload", f"workloads, from {','.join(WORKLOADS)}, or fio:JOBFILE (an unmodified "
+           "fio job, run on the mount, or on the device with --fs raw)",
+           parse=_workloads, default=("pwrite",)),
     Option("seconds", "workload seconds per run, in (0, 3600]",
            parse=parse_bounded_float(0, 3600), default=10.0, metavar="N"),
     Option("seed", "seed of every random choice (default: a fresh one, recorded)",

@@ -13,7 +13,7 @@ from nbdfork.experiments.matrix.schema import RunResult
 
 __all__ = ["findings", "ordered", "p99_stall_ratio", "workloads"]
 
-_WORKLOAD_ORDER = ("pwrite", "mmap", "odirect", "odirect_inflight", "atomic")
+_WORKLOAD_ORDER = ("pwrite", "mmap", "odirect", "odirect_inflight", "atomic", "fio")
 
 
 def ordered(items: Iterable[str]) -> list[str]:
@@ -77,6 +77,35 @@ def _violations(runs: Sequence[RunResult], kind: str) -> str | None:
     return f"{kind} writes: " + ", ".join(hits) if hits else None
 
 
+def _metadata(runs: Sequence[RunResult]) -> str | None:
+    """Filesystem metadata judged at the device: expected zero verdicts; any run with one is
+    named (a kernel bug or an oracle error, to be told apart from the events)."""
+    judged = [r for r in runs if r.fs in r.formats]
+    if not judged:
+        return None
+    hits = [f"{r.id} {r.formats[r.fs].torn}/{r.formats[r.fs].stale}/"
+            f"{r.formats[r.fs].overlapping}" for r in judged if r.formats[r.fs].violations]
+    blocks = {fs: sum(r.formats[fs].blocks for r in judged if r.fs == fs)
+              for fs in ordered(r.fs for r in judged)}  # fmt: skip
+    seen = ", ".join(f"{n} {fs}" for fs, n in blocks.items())
+    if not hits:
+        return f"filesystem metadata: no torn, stale or overlapping block ({seen} blocks judged)"
+    return ("filesystem metadata verdicts (torn/stale/overlapping): " + ", ".join(hits)
+            + f" ({seen} blocks judged): a kernel bug or an oracle error, see events.jsonl")
+
+
+def _fio(runs: Sequence[RunResult]) -> str | None:
+    """fio's own read-back beside the device's verdicts on fio's blocks."""
+    parts = []
+    for r in runs:
+        if r.fio is None:
+            continue
+        torn = r.formats["fio"].torn if "fio" in r.formats else 0
+        verdict = "passed" if r.fio.passed else "FAILED"
+        parts.append(f"{r.id}: fio read-back {verdict}, device saw {torn} torn fio blocks")
+    return "; ".join(parts) if parts else None
+
+
 def _incomplete(runs: Sequence[RunResult]) -> str | None:
     lost = [f"{r.id} ({r.outcome}: {r.error})" if r.outcome == "skipped" else
             f"{r.id} ({r.outcome})" for r in runs if not r.completed]  # fmt: skip
@@ -98,5 +127,6 @@ def findings(runs: Sequence[RunResult]) -> list[str]:
         prefix = f"{kernel}: " if len(kernels) > 1 else ""
         lines += [_prefixed(prefix, _workload_line(w, mine)) for w in workloads(runs)]
     lines += [_violations(completed, "stale"), _violations(completed, "overlapping")]
+    lines += [_metadata(completed), _fio(completed)]
     lines.append(_incomplete(runs))
     return [line for line in lines if line]

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from nbdfork.device.summary import ConnectionReport
 from nbdfork.errors import ConfigError
@@ -108,7 +108,7 @@ class GuestRunner:
         nbds = f"nbds_max={max(2, self.plan.devices)}"
         run_step(log, "modprobe", ["modprobe", "nbd", nbds], self.timeouts["modprobe"])
         stacks = {r.stack.partition(":")[0] for r in self.plan.runs}
-        modules = sorted({r.fs for r in self.plan.runs} | {
+        modules = sorted({r.fs for r in self.plan.runs if r.fs != "raw"} | {
             m for s in stacks for m in STACK_MODULES.get(s, ())})  # fmt: skip
         if modules:
             run_step(log, "modprobe", ["modprobe", "-a", *modules], self.timeouts["modprobe"])
@@ -224,6 +224,9 @@ class GuestRunner:
         log(f"stable_writes: wrote {spec.stable_writes}, reads {got}")
         if got != spec.stable_writes:
             raise StepError("stable_writes", f"wrote {spec.stable_writes} but it reads {got}")
+        if spec.fs == "raw":  # a fio job on the device itself: no filesystem
+            self.device_fs = None
+            return True, False
         self._mkfs(spec, record, log)
         Path(self.plan.mountpoint).mkdir(parents=True, exist_ok=True)
         options = ["-o", ",".join(spec.mount_options)] if spec.mount_options else []
@@ -294,9 +297,46 @@ class GuestRunner:
             time.sleep(0.05)
         raise StepError("connect", f"{self.dev} has no size after nbd-client")
 
+    def _fio(self, spec: RunSpec, run_dir: Path, log: Callable[[str], None]) -> None:
+        """The run's fio job, unmodified, then fio's own read-back of it from the device
+        (sync, caches dropped, --verify_only): both results in RUN/fio.json."""
+        from nbdfork.workloads.fio import fio_argv, fio_env, fio_outcome, run_phase  # noqa: PLC0415
+
+        job = Path(spec.workload_options["jobfile"])
+        directory = None if spec.fs == "raw" else Path(self.plan.mountpoint) / "nbdfork"
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        env = fio_env(directory, self.plan.nbd_device)
+        timeout = self.timeouts.get("fio", 900.0)
+        phases: dict[str, Any] = {"job": str(job), "directory": str(directory or "")}
+        for phase, only in (("write", False), ("verify", True)):
+            output = run_dir / f"fio-{phase}.json"
+            argv = fio_argv(job, directory=directory, device=self.plan.nbd_device,
+                            output=output, verify_only=only)  # fmt: skip
+            log(f"$ {' '.join(argv)}")
+            phases[phase] = result = run_phase(argv, env, output, timeout)
+            log(f"fio {phase}: exit {result['exit']}, jobs {result['jobs']}")
+            if not result["jobs"]:
+                write_json(run_dir / "fio.json", phases)
+                raise StepError("fio", f"fio {phase} gave no result: {result['messages'][-1:]}")
+            if phase == "write":
+                os.sync()
+                with contextlib.suppress(OSError):  # the read-back must come from the device
+                    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        phases["passed"] = fio_outcome(phases["verify"])
+        write_json(run_dir / "fio.json", phases)
+        write_json(run_dir / "workload.json", {
+            "writer_latency_ms": phases["write"]["writer_latency_ms"],
+            "writer_ops": sum(j["write_ios"] for j in phases["write"]["jobs"]),
+            "config": {"jobfile": str(job)},
+        })  # fmt: skip
+
     def _workload(
         self, spec: RunSpec, run_dir: Path, record: RunRecord, log: Callable[[str], None]
     ) -> None:
+        if spec.workload == "fio":
+            self._fio(spec, run_dir, log)
+            return
         import numpy as np  # noqa: PLC0415  (the guest imports numpy after nbdkit started)
 
         from nbdfork.workloads import (  # noqa: PLC0415

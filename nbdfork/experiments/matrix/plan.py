@@ -8,6 +8,7 @@ runs share the matrix.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,23 +41,43 @@ __all__ = [
 ]
 
 PLAN_SCHEMA = "nbdfork.plan/1"
+FIO_PREFIX = "fio:"
+"""`--workload fio:JOBFILE` (nbdfork.workloads.fio; not imported here: the guest reads plans
+long before it may import the workloads' numpy)."""
 MKFS: dict[str, list[str]] = {
     "ext4": ["mkfs.ext4", "-F", "-q", "-b", "4096"],
     "xfs": ["mkfs.xfs", "-f", "-q"],
     "btrfs": ["mkfs.btrfs", "-f", "-q"],
+    "raw": [],
 }
 """mkfs argv per filesystem (the device is appended). btrfs is the negative control: it waits
-for writeback on its own."""
+for writeback on its own. `raw`: no filesystem, a fio job writes the device itself."""
 FILESYSTEMS = tuple(MKFS)
-MOUNT_OPTIONS: dict[str, list[str]] = {"ext4": ["noinit_itable"], "xfs": [], "btrfs": []}
+MOUNT_OPTIONS: dict[str, list[str]] = {
+    "ext4": ["noinit_itable"], "xfs": [], "btrfs": [], "raw": []
+}  # fmt: skip
 """ext4 would otherwise zero its lazily initialised inode tables from a kernel thread during the
 workload: writes and CPU that are not the experiment's."""
 _STREAMS_PER_RUN = 64  # a run's writer threads use streams base .. base+63
 
 
 def run_id(fs: str, stable_writes: int, workload: str) -> str:
-    """`ext4-sw0-pwrite`: the run's name, directory and key in report.json."""
-    return f"{fs}-sw{stable_writes}-{workload}"
+    """`ext4-sw0-pwrite`: the run's name, directory and key in report.json (a fio job's
+    workload is `fio.STEM`, after its job file)."""
+    return f"{fs}-sw{stable_writes}-{workload_label(workload)}"
+
+
+def workload_label(workload: str) -> str:
+    """`pwrite`, or `fio.randwrite` for fio:PATH/randwrite.fio."""
+    if not workload.startswith(FIO_PREFIX):
+        return workload
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", Path(workload.removeprefix(FIO_PREFIX)).stem)
+    return f"fio.{stem or 'job'}"
+
+
+def filesystems_of(runs: list[RunSpec]) -> list[str]:
+    """The filesystems the runs make (raw is none), in order."""
+    return list(dict.fromkeys(r.fs for r in runs if r.fs != "raw"))
 
 
 def parse_list(option: str, text: str, allowed: tuple[str, ...]) -> list[str]:
@@ -186,6 +207,9 @@ def build_runs(
             for sw in stable_writes:
                 for workload in workloads:
                     rid = run_id(fs, sw, workload)
+                    options = dict(workload_options or {})
+                    if workload.startswith(FIO_PREFIX):
+                        options = {"jobfile": workload.removeprefix(FIO_PREFIX)}
                     if stack.name != "plain":
                         rid = f"{stack_id(stack.label)}-{rid}"
                     runs.append(
@@ -193,13 +217,13 @@ def build_runs(
                             id=rid,
                             fs=fs,
                             stable_writes=sw,
-                            workload=workload,
+                            workload="fio" if workload.startswith(FIO_PREFIX) else workload,
                             seconds=seconds,
                             seed=derive_seed(seed, rid),
                             stream_base=1 + len(runs) * _STREAMS_PER_RUN,
                             mkfs=list(MKFS[fs]),
                             mount_options=list(MOUNT_OPTIONS[fs]),
-                            workload_options=dict(workload_options or {}),
+                            workload_options=options,
                             stack=stack.label,
                             devices=stack.devices,
                         )

@@ -110,13 +110,24 @@ def _findings(report: MatrixReport) -> list[Block]:
 
 
 _FS_HEADER = ("stable_writes", "workload", "outcome", "torn / stamped", "stale", "overlapping",
-              "writer p50 ms", "p99 ms", "p99.9 ms", "max ms", "device p99 ms")
+              "metadata torn / stale / overlap", "writer p50 ms", "p99 ms", "p99.9 ms", "max ms",
+              "device p99 ms")
+
+
+def metadata_cell(run: RunResult) -> str:
+    """The run's filesystem metadata verdicts (torn / stale / overlapping of its blocks), or
+    `-` when the device did not judge that format (an older report, formats= without it)."""
+    meta = run.formats.get(run.fs)
+    if meta is None:
+        return "-"
+    return f"{meta.torn} / {meta.stale} / {meta.overlapping} of {meta.blocks}"
 
 
 def _fs_row(run: RunResult) -> tuple[str, ...]:
     lat = run.writer_latency_ms
     return (str(run.stable_writes), run.workload, run.outcome,
             f"{run.torn} / {run.stamped_pages}", str(run.stale), str(run.overlapping),
+            metadata_cell(run),
             fmt_ms(lat.p50), fmt_ms(lat.p99), fmt_ms(lat.p999), fmt_ms(lat.max),
             fmt_ms(run.device_service_p99_ms))
 
@@ -136,14 +147,53 @@ def _fs_tables(runs: Sequence[RunResult]) -> list[Block]:
         mine = [r for r in runs if r.fs == fs]
         if len(kernels) == 1:
             rows = tuple(_fs_row(r) for r in _by_workload(mine))
-            blocks += [Heading(fs), Table(_FS_HEADER, rows, ("r", "l", "l") + ("r",) * 8)]
+            blocks += [Heading(fs), Table(_FS_HEADER, rows, ("r", "l", "l") + ("r",) * 9)]
             continue
         rows = tuple(
             (k, *_fs_row(r)) for k in kernels for r in _by_workload([x for x in mine
                                                                       if x.kernel == k])
         )  # fmt: skip
         blocks += [Heading(fs), Table(("kernel", *_FS_HEADER), rows,
-                                      ("l", "r", "l", "l") + ("r",) * 8)]  # fmt: skip
+                                      ("l", "r", "l", "l") + ("r",) * 9)]  # fmt: skip
+    return blocks
+
+
+_FORMATS_HEADER = ("run", "format", "blocks", "ok", "torn blocks", "unchecked", "torn", "stale",
+                   "overlapping")
+
+
+def _formats_section(runs: Sequence[RunResult]) -> list[Block]:
+    """Every format the device judged besides the stamp, per run, and fio's own read-back."""
+    rows = tuple(
+        (r.id, name, str(v.blocks), str(v.ok_blocks), str(v.torn_blocks), str(v.unchecked_blocks),
+         str(v.torn), str(v.stale), str(v.overlapping))
+        for r in runs for name, v in r.formats.items() if name != "stamp"
+    )  # fmt: skip
+    fio = [r for r in runs if r.fio is not None]
+    if not rows and not fio:
+        return []
+    blocks: list[Block] = [
+        Heading("Formats judged at the device"),
+        Paragraph("Blocks of other writers that carry their own checksum, judged as each WRITE "
+                  "arrived (docs/formats.md): filesystem metadata (expected: no verdict; one is "
+                  "a kernel bug or an oracle error) and fio's verify blocks. `none`: overlaps "
+                  "over no recognised block."),
+        Table(_FORMATS_HEADER, rows, ("l", "l") + ("r",) * 7),
+    ]
+    if fio:
+        fio_rows = tuple(
+            (r.id, code(r.fio.job), "passed" if r.fio.passed else "FAILED",
+             str(r.fio.read_back_ios), str(r.fio.write_ios),
+             f"{r.formats['fio'].torn if 'fio' in r.formats else '-'}",
+             f"{r.formats['fio'].blocks if 'fio' in r.formats else '-'}")
+            for r in fio if r.fio is not None
+        )  # fmt: skip
+        blocks += [
+            Heading("fio: its own verification beside the device's", 3),
+            Table(("run", "job", "fio read-back", "blocks read back", "writes",
+                   "device: torn fio blocks", "fio blocks seen"), fio_rows,
+                  ("l", "l", "l") + ("r",) * 4),
+        ]  # fmt: skip
     return blocks
 
 
@@ -236,6 +286,7 @@ def build_document(report: MatrixReport, plots: Sequence[str]) -> list[Block]:
         *_header(report),
         *_findings(report),
         *_fs_tables(report.runs),
+        *_formats_section(report.runs),
         *_mmap_section(report.runs),
         *_plots(plots),
         *_runs(report),

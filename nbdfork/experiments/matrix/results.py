@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import platform
 import subprocess
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -26,6 +27,8 @@ from nbdfork.experiments.matrix.record import RunRecord, read_record
 from nbdfork.experiments.matrix.schema import (
     DeviceVerdicts,
     Durations,
+    FioCheck,
+    FormatVerdicts,
     GuestCpu,
     HarnessTimings,
     Histogram,
@@ -102,7 +105,10 @@ def run_record(
     workload = _read_json(run_dir / "workload.json") or {}
     devices = _device_verdicts(run_dir, spec.devices)
     verdicts = {k: sum(getattr(d, k) for d in devices) for k in _VERDICT_KEYS}
-    outcome, error = outcome_of(result, verdicts, missing, has_summary=found is not None)
+    formats = _format_verdicts(run_dir, spec.devices)
+    every = {**verdicts, **{f"{n}.{k}": getattr(v, k) for n, v in formats.items()
+                            for k in _VERDICT_KEYS}}  # fmt: skip
+    outcome, error = outcome_of(result, every, missing, has_summary=found is not None)
     if collect_error is not None and result is not None and result.status == "ok":
         outcome, error = Outcome.HARNESS_ERROR, collect_error
     record = result or RunRecord()
@@ -142,6 +148,37 @@ def run_record(
         layers=tuple(record.layers),
         checks=record.checks,
         devices=devices if spec.devices > 1 else (),
+        formats=formats,
+        fio=_fio_check(run_dir) if spec.workload == "fio" else None,
+    )  # fmt: skip
+
+
+def _format_verdicts(run_dir: Path, count: int) -> dict[str, FormatVerdicts]:
+    """Per format, its counts summed over the run's devices (each device's summary.json)."""
+    totals: dict[str, Counter[str]] = {}
+    for device in range(count):
+        summary = _summary(device_dir(run_dir, device))
+        for name, counts in (summary.formats if summary else {}).items():
+            totals.setdefault(name, Counter()).update(counts)
+    keys = {**{v: k for k, v in _VERDICT_KEYS.items()},
+            **{k: k for k in ("blocks", "ok_blocks", "torn_blocks", "unchecked_blocks")}}
+    return {name: FormatVerdicts(**{keys[k]: v for k, v in c.items() if k in keys})
+            for name, c in totals.items()}  # fmt: skip
+
+
+def _fio_check(run_dir: Path) -> FioCheck | None:
+    """fio's own result of a fio:JOBFILE run (RUN/fio.json), or None if the guest left none."""
+    data = _read_json(run_dir / "fio.json")
+    if data is None or "verify" not in data:
+        return None
+    write, verify = data["write"], data["verify"]
+    return FioCheck(
+        job=Path(str(data.get("job", ""))).name,
+        write_exit=write.get("exit"), write_errors=tuple(j["error"] for j in write["jobs"]),
+        write_ios=sum(j["write_ios"] for j in write["jobs"]),
+        verify_exit=verify.get("exit"), verify_errors=tuple(j["error"] for j in verify["jobs"]),
+        read_back_ios=sum(j["read_ios"] for j in verify["jobs"]),
+        passed=bool(data.get("passed")), messages=tuple(verify.get("messages", ())[-5:]),
     )  # fmt: skip
 
 

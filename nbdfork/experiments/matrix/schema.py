@@ -23,6 +23,8 @@ __all__ = [
     "SCHEMA",
     "Count",
     "DeviceVerdicts",
+    "FioCheck",
+    "FormatVerdicts",
     "Durations",
     "GuestCpu",
     "HarnessTimings",
@@ -42,7 +44,7 @@ __all__ = [
 
 SCHEMA = "nbdfork.run/1"
 
-Workload = Literal["pwrite", "mmap", "odirect", "odirect_inflight", "atomic"]
+Workload = Literal["pwrite", "mmap", "odirect", "odirect_inflight", "atomic", "fio"]
 
 
 class Durations(Record, frozen=True, kw_only=True):
@@ -70,6 +72,39 @@ class DeviceVerdicts(Record, frozen=True, kw_only=True):
     torn: Count
     stale: Count
     overlapping: Count
+
+
+class FormatVerdicts(Record, frozen=True, kw_only=True):
+    """What the oracle found of one format in a run (summed over the stack's devices): its
+    verdicts, and its blocks as found, ok, torn and unchecked (docs/formats.md)."""
+
+    torn: Count = 0
+    stale: Count = 0
+    overlapping: Count = 0
+    blocks: Count = 0
+    ok_blocks: Count = 0
+    torn_blocks: Count = 0
+    unchecked_blocks: Count = 0
+
+    @property
+    def violations(self) -> int:
+        """torn + stale + overlapping."""
+        return self.torn + self.stale + self.overlapping
+
+
+class FioCheck(Record, frozen=True, kw_only=True):
+    """fio's own result for a fio:JOBFILE run: the job, then fio's read-back from the device
+    (--verify_only after sync and dropped caches)."""
+
+    job: str
+    write_exit: int | None
+    write_errors: tuple[int, ...]  # per job: fio's error (0: none; 84 EILSEQ: verify failed)
+    write_ios: Count
+    verify_exit: int | None
+    verify_errors: tuple[int, ...]
+    read_back_ios: Count
+    passed: bool  # the read-back: exit 0, every job error 0
+    messages: tuple[str, ...] = ()  # the tail of fio's output of the read-back
 
 
 class RunResult(Record, frozen=True, kw_only=True):
@@ -107,6 +142,10 @@ class RunResult(Record, frozen=True, kw_only=True):
     layers: tuple[LayerReport, ...] = ()  # top down: stable_writes (kernel's, the run's)
     checks: StackChecks | None = None  # every layer's own checker after the workload
     devices: tuple[DeviceVerdicts, ...] = ()  # per device of the stack (counts above: the sum)
+    # per format the device judged (stamp, the filesystem's metadata, fio): torn, stale,
+    # overlapping and blocks; `torn`/`stale` above are the stamp's, as before formats
+    formats: dict[str, FormatVerdicts] = msgspec.field(default_factory=dict)
+    fio: FioCheck | None = None  # fio's own verification of a fio:JOBFILE run
 
     @property
     def completed(self) -> bool:

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from nbdfork.errors import ConfigError, NbdforkError
 from nbdfork.experiments.matrix.experiment import OPTIONS
 from nbdfork.experiments.matrix.plan import (
     CONNECTS_PER_RUN,
+    FIO_PREFIX,
     FIRST_PORT,
     STACK_MODULES,
     Plan,
@@ -72,6 +74,7 @@ from nbdfork.harness.kernel import (
 )
 from nbdfork.harness.protocol import Outcome
 from nbdfork.seeds import derive_seed, new_seed
+from nbdfork.workloads.fio import validate_jobfile
 
 __all__ = [
     "DEFAULT_DEVICE",
@@ -164,6 +167,13 @@ class RunOptions:
         if self.device_location == "guest" and any(s.devices > 1 for s in stacks):
             raise ConfigError("--stack", "a stack of several devices needs the devices on the "
                               "host (--device-location host)")  # fmt: skip
+        fio = [w for w in self.workloads if w.startswith(FIO_PREFIX)]
+        if "raw" in self.filesystems and len(fio) < len(self.workloads):
+            raise ConfigError("--fs", "raw (no filesystem) runs only fio:JOBFILE workloads")
+        for job in (validate_jobfile(w) for w in fio):
+            if job.raw and set(self.filesystems) != {"raw"}:
+                raise ConfigError("--workload", f"fio:{job.path} writes ${{NBDFORK_DEVICE}}: "
+                                  "under a mounted filesystem that corrupts it; use --fs raw")
         if self.no_vm and (self.kernel or self.modules):
             raise ConfigError("--no-vm", "runs this host's kernel: --kernel/--modules do not apply")
         unknown = sorted(set(self.workload_options) - _WORKLOAD_KNOBS)
@@ -186,6 +196,31 @@ class RunOptions:
 
     def _params_of(self, device: int) -> list[tuple[str, str]]:
         return [(k, v) for i, k, v in self.device_params if i == device]
+
+
+def default_formats(opts: RunOptions) -> str:
+    """formats= of a run's device unless --device formats= says: the stamp, every filesystem
+    the runs make (their metadata judged live), and fio when a fio job runs."""
+    stacks = {STACKS[parse_stack(s).name].filesystem for s in opts.stacks} - {None}
+    made = [f for f in (*opts.filesystems, *sorted(f for f in stacks if f)) if f != "raw"]
+    fio = ["fio"] if any(w.startswith(FIO_PREFIX) for w in opts.workloads) else []
+    return ",".join(dict.fromkeys(["stamp", *made, *fio]))
+
+
+def _copy_jobs(workloads: Sequence[str], out: Path) -> list[str]:
+    """The workloads with each fio job file copied to OUT/jobs/ (the guest reads it there,
+    and the report keeps the job that ran)."""
+    result = []
+    for workload in workloads:
+        if not workload.startswith(FIO_PREFIX):
+            result.append(workload)
+            continue
+        job = validate_jobfile(workload)
+        target = out / "jobs" / job.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(job.path, target)
+        result.append(f"{FIO_PREFIX}{target}")
+    return result
 
 
 def _prepare_out(out: Path) -> Path:
@@ -265,11 +300,13 @@ class RunSession:
             stacks = {parse_stack(s).name for s in opts.stacks}
             own = {STACKS[s].filesystem for s in stacks} - {None}
             extra = [m for s in sorted(stacks) for m in STACK_MODULES[s]]
-            needs = [*needed_modules(opts.filesystems), *sorted(f for f in own if f), *extra]
+            made = [f for f in opts.filesystems if f != "raw"]
+            needs = [*needed_modules(made), *sorted(f for f in own if f), *extra]
             self.kernel = find_kernel(opts.kernel, modules=opts.modules)
             validate_kernel(self.kernel, needs=needs)
             self.accel, self.accel_reason = detect_accel(self.kernel.image, requested=opts.accel)
         out = _prepare_out(opts.out)
+        workloads = _copy_jobs(opts.workloads, out)
         seed = new_seed() if opts.seed is None else opts.seed
         self.plan = Plan(
             out=str(out),
@@ -278,12 +315,13 @@ class RunSession:
             venv=sys.prefix,
             plugin=str(PLUGIN),
             seed=seed,
-            device={**opts.device, "seed": str(derive_seed(seed, "device"))},
+            device={"formats": default_formats(opts), **opts.device,
+                    "seed": str(derive_seed(seed, "device"))},
             device_overrides={str(i): dict(opts._params_of(i)) for i, _, _ in opts.device_params},
             runs=build_runs(
                 filesystems=list(opts.filesystems),
                 stable_writes=list(opts.stable_writes),
-                workloads=list(opts.workloads),
+                workloads=workloads,
                 seconds=opts.seconds,
                 seed=seed,
                 workload_options=dict(opts.workload_options),
