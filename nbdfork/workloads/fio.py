@@ -163,9 +163,12 @@ def parse_fio_json(text: str) -> list[dict[str, Any]]:
 
 
 def fio_outcome(phase: Mapping[str, Any]) -> bool:
-    """Whether a fio phase passed: exit 0 and no job with an error."""
+    """Whether fio's read-back passed: exit 0, every job without error and having read
+    something back (a job with do_verify=0 verifies nothing, even with --verify_only)."""
     jobs = phase.get("jobs") or []
-    return phase.get("exit") == 0 and bool(jobs) and all(j["error"] == 0 for j in jobs)
+    return phase.get("exit") == 0 and bool(jobs) and all(
+        j["error"] == 0 and j["read_ios"] > 0 for j in jobs
+    )
 
 
 def _latency_ms(text: str) -> dict[str, float | None]:
