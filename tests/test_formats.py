@@ -442,3 +442,38 @@ def test_jbd2_commit_tear_is_reported_with_its_sequence(tmp_path: Path) -> None:
         ("jbd2.commit", Verdict.TORN, commit.version)
     ]
     assert commit.version is not None and commit.version >= 1
+
+
+def reused_root(tmp_path: Path) -> tuple[bytes, bytes]:
+    """An ext4 image, and a copy whose root inode has a new i_generation (debugfs) with its
+    directory block's checksum rewritten for the new seed (e2fsck -fy): what a freed and
+    reused directory inode looks like on the device."""
+    first = ext4_image(tmp_path)
+    second = tmp_path / "reused.img"
+    second.write_bytes(first.read_bytes())
+    run(["debugfs", "-w", "-R", "set_inode_field <2> generation 4242", str(second)])
+    subprocess.run(["e2fsck", "-fy", str(second)], capture_output=True, check=False)
+    return first.read_bytes(), second.read_bytes()
+
+
+@pytest.mark.parametrize("tear", [False, True])
+def test_ext4_dir_block_of_a_reused_inode_waits_for_its_inode(tmp_path: Path, tear: bool) -> None:
+    """A dir block written for the root inode's new generation, arriving before the new inode:
+    unchecked (waiting), then ok once the inode block arrives; with a byte changed, torn then."""
+    old, new = reused_root(tmp_path)
+    changed = [i for i in range(0, len(new), 4096) if old[i : i + 4096] != new[i : i + 4096]]
+    itable, dirblock = changed[1], changed[2]  # block 0 is the superblock (fsck's times)
+    fmt = Ext4Format()
+    scan_image(fmt, old[: 1 * MiB])
+    block = new[dirblock : dirblock + 4096]
+    block = flipped(block, 200) if tear else block
+    (early,) = fmt.scan(memoryview(block), dirblock)
+    assert (early.kind, early.verdict, early.reason) == (
+        "ext4.dir", Verdict.UNCHECKED, "waiting for inode 2: its last seen seed fails"
+    )
+    later = [b for b in fmt.scan(memoryview(new[itable : itable + 4096]), itable)
+             if b.offset == dirblock]  # fmt: skip
+    assert [(b.kind, b.verdict) for b in later] == [
+        ("ext4.dir", Verdict.TORN if tear else Verdict.OK)
+    ]
+    assert later[0].reason == "judged when inode 2's seed was confirmed by a later WRITE"

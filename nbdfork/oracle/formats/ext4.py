@@ -39,6 +39,20 @@ _DIR_TAIL: Final = b"\x00\x00\x00\x00\x0c\x00\x00\xde"  # ext4_dir_entry_tail, f
 _GOOD_OLD_INODE: Final = 128
 _FIRST_SB: Final = re.compile(b"\x53")
 _GDT, _GDT_PRIMARY, _ITABLE = "gdt", "gdt0", "itable"
+_PENDING_MAX: Final = 4096  # blocks waiting for their owner inode, at most (oldest dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A tail-checksummed block that failed with its owner's last seen seed: the inode may
+    have been freed and reused (a new i_generation, a new seed) before its new inode-table
+    block reached the device. Judged once the owner's seed is confirmed."""
+
+    kind: str
+    at: int
+    block: bytes
+    tail: int
+    seed: int  # the seed it failed with
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,17 +159,54 @@ class Ext4Format:
         self.geometry: Ext4Geometry | None = None
         self.learned = _Learned()
         self.journal = Jbd2Journal()
+        self.pending: dict[int, list[_Pending]] = {}  # owner inode -> blocks to judge
+        self._resolved: list[FormatBlock] = []
 
     def scan(self, data: memoryview, device_offset: int) -> list[FormatBlock]:
-        """Every ext4 metadata block in `data` this format can place, judged."""
+        """Every ext4 metadata block in `data` this format can place, judged; and the blocks
+        of earlier WRITEs whose owner inode this WRITE confirmed (`reason` says so)."""
         found = self._superblocks(data, device_offset)
         geo = self.geometry
         if geo is not None:
             found += self._placed_blocks(data, device_offset, geo)
             found += self._tailed_blocks(data, device_offset, geo)
         found += self.journal.scan(data, device_offset)
+        if self._resolved:
+            found += self._resolved
+            self._resolved = []
         found.sort(key=lambda b: b.offset)
         return found
+
+    def _defer(self, ino: int, pending: _Pending) -> None:
+        waiting = self.pending.setdefault(ino, [])
+        waiting.append(pending)
+        if sum(len(v) for v in self.pending.values()) > _PENDING_MAX:
+            oldest = next(iter(self.pending))
+            del self.pending[oldest][0]
+            if not self.pending[oldest]:
+                del self.pending[oldest]
+
+    def _confirm(self, ino: int, seed: int, *, changed_only: bool) -> None:
+        """`seed` is inode `ino`'s current seed: judge its waiting blocks with it (all of
+        them, or with `changed_only` only those that failed with this very seed)."""
+        waiting = self.pending.get(ino)
+        if not waiting:
+            return
+        keep = []
+        for p in waiting:
+            if changed_only and p.seed != seed:
+                keep.append(p)
+                continue
+            block = memoryview(p.block)
+            field = p.tail if p.kind == "ext4.extent" else p.tail + 8
+            ok = crc32c_raw(seed, block[: p.tail]) == _U32.unpack_from(block, field)[0]
+            why = f"judged when inode {ino}'s seed was confirmed by a later WRITE"
+            self._resolved.append(FormatBlock("ext4", p.kind, p.at, len(p.block), None, (ino,),
+                                              Verdict.OK if ok else Verdict.TORN, None, why))
+        if keep:
+            self.pending[ino] = keep
+        else:
+            del self.pending[ino]
 
     # --- superblocks --------------------------------------------------------------------
 
@@ -287,6 +338,7 @@ class Ext4Format:
 
     def _learn_owner(self, raw: memoryview, ino: int, seed: int) -> None:
         """Remember which blocks this inode's seed checks: its extent tree, a dir's blocks."""
+        self._confirm(ino, seed, changed_only=False)
         is_dir = _U16.unpack_from(raw, 0)[0] & 0xF000 == 0x4000
         if is_dir:
             self.learned.dir_seeds[ino] = seed
@@ -348,7 +400,11 @@ class Ext4Format:
         ino, seed, is_dir = owner
         field = tail if kind == "ext4.extent" else tail + 8
         ok = crc32c_raw(seed, block[:tail]) == _U32.unpack_from(block, field)[0]
-        if ok and learn:
+        if not ok:  # a tear, or an owner reused since its seed was seen: wait for the owner
+            self._defer(ino, _Pending(kind, at, bytes(block[: geo.blocksize]), tail, seed))
+            return FormatBlock("ext4", kind, at, geo.blocksize, None, (ino,), Verdict.UNCHECKED,
+                               None, f"waiting for inode {ino}: its last seen seed fails")
+        self._confirm(ino, seed, changed_only=True)  # the seed is current: those are torn
+        if learn:
             self._learn_extents(block, ino, seed, is_dir)
-        return FormatBlock("ext4", kind, at, geo.blocksize, None, (ino,),
-                           Verdict.OK if ok else Verdict.TORN)  # fmt: skip
+        return FormatBlock("ext4", kind, at, geo.blocksize, None, (ino,), Verdict.OK)
