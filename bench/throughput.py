@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
+import itertools
 import json
 import os
 import random
@@ -35,9 +37,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+import timeit
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a fresh clone: import nbdfork from here
@@ -46,9 +50,12 @@ if str(ROOT) not in sys.path:  # run as a script from a fresh clone: import nbdf
 import nbd  # noqa: E402  libnbd's Python binding (python3-libnbd, seen through the venv)
 
 from nbdfork.harness import nbdkit as launch  # noqa: E402
+from nbdfork.oracle.formats import formats_for  # noqa: E402
 from nbdfork.oracle.stamp import PAGE_SIZE, encode_pages  # noqa: E402
+from nbdfork.oracle.verify import Oracle, WriteRequest  # noqa: E402
 
 SCHEMA = "nbdfork.bench.throughput/1"
+ALL_FORMATS = "stamp,fio,xfs,btrfs,ext4"
 PLUGIN = ROOT / "plugin" / "nbdfork_plugin.py"
 MINIMAL = ROOT / "bench" / "minimal_plugin.py"
 MIB = 1 << 20
@@ -67,6 +74,7 @@ TARGETS = (
     Target("minimal_python", ("python", str(MINIMAL))),
     Target("oracle_off", ("python", str(PLUGIN), "oracle=off")),
     Target("oracle_on", ("python", str(PLUGIN), "oracle=on")),
+    Target("oracle_formats", ("python", str(PLUGIN), "oracle=on", f"formats={ALL_FORMATS}")),
 )
 
 
@@ -102,6 +110,10 @@ Cell = tuple[str, str]
 RATIOS: dict[str, tuple[Cell, Cell]] = {
     "oracle_on_vs_minimal_python_4k_randwrite": (
         ("oracle_on", "4k_randwrite"), ("minimal_python", "4k_randwrite")),
+    "oracle_formats_vs_minimal_python_4k_randwrite": (
+        ("oracle_formats", "4k_randwrite"), ("minimal_python", "4k_randwrite")),
+    "oracle_formats_vs_on_4k_randwrite": (
+        ("oracle_formats", "4k_randwrite"), ("oracle_on", "4k_randwrite")),
     "oracle_on_vs_c_memory_4k_randwrite": (
         ("oracle_on", "4k_randwrite"), ("c_memory", "4k_randwrite")),
     "oracle_on_vs_c_memory_1m_write": (("oracle_on", "1m_write"), ("c_memory", "1m_write")),
@@ -392,6 +404,58 @@ def measure_memory(settings: Settings, workdir: Path) -> dict[str, object]:
     }
 
 
+def _best_us(call: Callable[[], object], repeat: int) -> float:
+    """The best of 5 timings of `repeat` calls, in µs per call."""
+    return round(min(timeit.repeat(call, number=repeat, repeat=5)) / repeat * 1e6, 2)
+
+
+def _judge_one(oracle: Any, ids: Iterator[int], data: bytes) -> None:
+    """One WRITE through the oracle: arrival then reply, at 200 MiB."""
+    rid = next(ids)
+    oracle.write_arrived(WriteRequest(rid, 1, 200 * MIB, len(data), False, 0.0), data)
+    oracle.write_replied(rid, ok=True, time=0.0)
+
+
+def format_costs(workdir: Path, repeat: int = 2000) -> dict[str, dict[str, float]]:
+    """In-process µs per WRITE of each format's scan, and of the whole oracle (arrival and
+    reply) with the stamp alone and with every format, on WRITEs holding no recognisable
+    block: random and zero 4 KiB, random 128 KiB. Stateful formats are primed first with the
+    first MiB of a real mkfs image (so they look for metadata as they do during a run)."""
+    payloads = {"4k_random": os.urandom(4096), "4k_zero": bytes(4096),
+                "128k_random": os.urandom(128 << 10)}  # fmt: skip
+    primers = {}
+    for fs, argv in (("ext4", ["mkfs.ext4", "-q", "-F", "-b", "4096"]),
+                     ("xfs", ["mkfs.xfs", "-q", "-f"]), ("btrfs", ["mkfs.btrfs", "-q", "-f"])):
+        image = workdir / f"{fs}.img"
+        with image.open("wb") as f:
+            f.truncate(320 * MIB)
+        _run([_tool(argv[0]), *argv[1:], str(image)])
+        with image.open("rb") as f:
+            primers[fs] = f.read(MIB)
+    out: dict[str, dict[str, float]] = {}
+    for name in ("fio", "xfs", "btrfs", "ext4"):
+        fmt = formats_for([name])[0]
+        if name in primers:
+            fmt.scan(memoryview(primers[name]), 0)
+        out[name] = {label: _best_us(functools.partial(fmt.scan, memoryview(data), 200 * MIB),
+                                     repeat) for label, data in payloads.items()}  # fmt: skip
+
+    class _Null:
+        def emit(self, event: object) -> None:
+            pass
+
+    for label, formats in (("oracle_stamp", ("stamp",)),
+                           ("oracle_all_formats", tuple(ALL_FORMATS.split(",")))):
+        oracle = Oracle(_Null(), None, formats)  # type: ignore[arg-type]
+        for primer in primers.values():
+            oracle.write_arrived(WriteRequest(0, 1, 0, MIB, False, 0.0), primer)
+            oracle.write_replied(0, ok=True, time=0.0)
+        ids = itertools.count(1)
+        out[label] = {plabel: _best_us(functools.partial(_judge_one, oracle, ids, data), repeat)
+                      for plabel, data in payloads.items()}  # fmt: skip
+    return out
+
+
 def ratios(results: dict[str, dict[str, Series]]) -> dict[str, float]:
     """Every ratio of RATIOS, from medians of IOPS."""
     out = {}
@@ -480,6 +544,7 @@ def render(doc: dict[str, object]) -> str:
         if goal is not None:
             mark = f"   goal >= {goal['goal']}: {'met' if goal['met'] else 'NOT MET'}"
         lines.append(f"{name:48} {value:6.3f}{mark}")
+    lines += _render_costs(doc)
     memory = doc["memory"]
     if isinstance(memory, dict):
         lines += ["", (
@@ -488,6 +553,24 @@ def render(doc: dict[str, object]) -> str:
             f"MiB = {memory['rss_after_vs_written']:.2f}x written   goal <= {MEMORY_GOAL}x: "
             f"{'met' if memory['met'] else 'NOT MET'}")]  # fmt: skip
     return "\n".join(lines)
+
+
+def _render_costs(doc: dict[str, object], *, markdown: bool = False) -> list[str]:
+    """The per-format cost table (µs per WRITE holding no recognisable block), if measured."""
+    costs: dict[str, dict[str, float]] | None = doc.get("format_costs")  # type: ignore[assignment]
+    if not costs:
+        return []
+    cols = list(next(iter(costs.values())))
+    if markdown:
+        lines = ["", "| µs per WRITE, no recognisable block | " + " | ".join(cols) + " |",
+                 "|---|" + "---:|" * len(cols)]  # fmt: skip
+        lines += [f"| `{name}` | " + " | ".join(f"{row[c]:.1f}" for c in cols) + " |"
+                  for name, row in costs.items()]  # fmt: skip
+        return lines
+    lines = ["", f"{'us per WRITE, no recognisable block':40}" + "".join(f"{c:>14}" for c in cols)]
+    lines += [f"{name:40}" + "".join(f"{row[c]:>14.1f}" for c in cols)
+              for name, row in costs.items()]  # fmt: skip
+    return lines
 
 
 def render_markdown(doc: dict[str, object]) -> str:
@@ -505,6 +588,8 @@ def render_markdown(doc: dict[str, object]) -> str:
     for w in WORKLOADS:
         cells = [f"{results[n][w.name].get('cpu_us_per_op', 0):.1f}" for n in names]
         lines.append(f"| {w.describe()} | " + " | ".join(cells) + " |")
+    costs = _render_costs(doc, markdown=True)
+    lines += costs
     lines += ["", "| ratio of medians | value | goal |", "|---|---:|---|"]
     goals: dict[str, dict[str, object]] = doc["goals"]  # type: ignore[assignment]
     for name, value in doc["ratios"].items():  # type: ignore[attr-defined]
@@ -563,7 +648,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         results = measure(settings, workdir)
         memory = measure_memory(settings, workdir) if settings.memory_written else None
+        costs = format_costs(workdir, 300 if settings is QUICK else 2000)
     doc = report(settings, results, memory, started, time.monotonic() - clock)
+    doc["format_costs"] = costs
     print(render_markdown(doc) if args.markdown else render(doc))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
