@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,14 @@ import pytest
 from nbdfork.errors import ConfigError
 from nbdfork.experiments.matrix.plan import build_runs
 from nbdfork.experiments.matrix.session import RunOptions, default_formats
-from nbdfork.workloads.fio import fio_argv, fio_env, fio_outcome, run_phase, validate_jobfile
+from nbdfork.workloads.fio import (
+    Kicker,
+    fio_argv,
+    fio_env,
+    fio_outcome,
+    run_phase,
+    validate_jobfile,
+)
 from tests.conftest import ROOT
 
 JOB = """\
@@ -89,8 +97,8 @@ def test_fio_runs_are_named_after_the_job_and_judge_fio(job: Path, tmp_path: Pat
     runs = build_runs(filesystems=["ext4"], stable_writes=[0, 1], workloads=[f"fio:{job}"],
                       seconds=5, seed=1)  # fmt: skip
     assert [(r.id, r.workload, r.workload_options) for r in runs] == [
-        ("ext4-sw0-fio.randw", "fio", {"jobfile": str(job)}),
-        ("ext4-sw1-fio.randw", "fio", {"jobfile": str(job)}),
+        ("ext4-sw0-fio.randw", "fio", {"jobfile": str(job), "kick": "sync_file_range"}),
+        ("ext4-sw1-fio.randw", "fio", {"jobfile": str(job), "kick": "sync_file_range"}),
     ]
     options = RunOptions(out=tmp_path, filesystems=("ext4", "xfs"), workloads=(f"fio:{job}",))
     assert default_formats(options) == "stamp,ext4,xfs,fio"
@@ -133,3 +141,17 @@ def test_fio_read_back_passes_then_fails_on_a_changed_byte(job: Path, tmp_path: 
     data.write_bytes(bytes(raw))
     bad = verify()
     assert not fio_outcome(bad) and bad["jobs"][0]["error"] == 84  # type: ignore[index]
+
+
+def test_the_kicker_starts_writeback_of_fios_files_until_stopped(tmp_path: Path) -> None:
+    """While fio runs, the kicker calls sync_file_range on every file under the directory
+    (here two files, at least 10 calls in 0.3 s), and stops when the phase ends."""
+    (tmp_path / "a").write_bytes(bytes(4096))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").write_bytes(bytes(4096))
+    with Kicker(tmp_path, "/dev/null") as kicker:
+        time.sleep(0.3)
+    done = kicker.kicks
+    assert done >= 10
+    time.sleep(0.05)
+    assert kicker.kicks == done

@@ -16,11 +16,13 @@ not `${NBDFORK_...}`): its blocks would never reach the device.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from nbdfork.errors import ConfigError
 __all__ = [
     "FIO_PREFIX",
     "FioJob",
+    "Kicker",
     "fio_argv",
     "fio_outcome",
     "parse_fio_json",
@@ -169,6 +172,48 @@ def fio_outcome(phase: Mapping[str, Any]) -> bool:
     return phase.get("exit") == 0 and bool(jobs) and all(
         j["error"] == 0 and j["read_ios"] > 0 for j in jobs
     )
+
+
+class Kicker:
+    """Starts writeback of fio's files while fio runs, as nbdfork's own workloads' kicker does
+    (`--kick sync_file_range`): sync_file_range(SYNC_FILE_RANGE_WRITE) over every regular file
+    under the directory (or the device), in a loop, from its own thread -- writeback racing
+    the writer, which fio's own `sync_file_range=` (called in the writer's thread) cannot do."""
+
+    def __init__(self, directory: Path | None, device: str) -> None:
+        self._directory, self._device = directory, device
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="fio-kicker", daemon=True)
+        self.kicks = 0
+
+    def __enter__(self) -> Kicker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _paths(self) -> list[Path]:
+        if self._directory is None:
+            return [Path(self._device)]
+        return [p for p in self._directory.rglob("*") if p.is_file()]
+
+    def _loop(self) -> None:
+        from nbdfork.workloads.base import sync_file_range  # noqa: PLC0415 (numpy: guest only)
+
+        while not self._stop.is_set():
+            paths = self._paths()
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        sync_file_range(fd)
+                        self.kicks += 1
+                    finally:
+                        os.close(fd)
+            if not paths:
+                self._stop.wait(0.01)
 
 
 def _latency_ms(text: str) -> dict[str, float | None]:

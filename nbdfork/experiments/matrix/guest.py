@@ -300,7 +300,13 @@ class GuestRunner:
     def _fio(self, spec: RunSpec, run_dir: Path, log: Callable[[str], None]) -> None:
         """The run's fio job, unmodified, then fio's own read-back of it from the device
         (sync, caches dropped, --verify_only): both results in RUN/fio.json."""
-        from nbdfork.workloads.fio import fio_argv, fio_env, fio_outcome, run_phase  # noqa: PLC0415
+        from nbdfork.workloads.fio import (  # noqa: PLC0415
+            Kicker,
+            fio_argv,
+            fio_env,
+            fio_outcome,
+            run_phase,
+        )
 
         job = Path(spec.workload_options["jobfile"])
         directory = None if spec.fs == "raw" else Path(self.plan.mountpoint) / "nbdfork"
@@ -314,7 +320,9 @@ class GuestRunner:
             argv = fio_argv(job, directory=directory, device=self.plan.nbd_device,
                             output=output, verify_only=only)  # fmt: skip
             log(f"$ {' '.join(argv)}")
-            phases[phase] = result = run_phase(argv, env, output, timeout)
+            kick = phase == "write" and spec.workload_options.get("kick") == "sync_file_range"
+            with Kicker(directory, self.plan.nbd_device) if kick else contextlib.nullcontext():
+                phases[phase] = result = run_phase(argv, env, output, timeout)
             log(f"fio {phase}: exit {result['exit']}, jobs {result['jobs']}")
             if not result["jobs"]:
                 write_json(run_dir / "fio.json", phases)

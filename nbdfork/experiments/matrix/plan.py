@@ -208,8 +208,9 @@ def build_runs(
                 for workload in workloads:
                     rid = run_id(fs, sw, workload)
                     options = dict(workload_options or {})
-                    if workload.startswith(FIO_PREFIX):
-                        options = {"jobfile": workload.removeprefix(FIO_PREFIX)}
+                    if workload.startswith(FIO_PREFIX):  # the job's own knobs, and the kick
+                        kick = options.get("kick", "sync_file_range")
+                        options = {"jobfile": workload.removeprefix(FIO_PREFIX), "kick": kick}
                     if stack.name != "plain":
                         rid = f"{stack_id(stack.label)}-{rid}"
                     runs.append(
