@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nbdfork.errors import VMError, VMLost
-from nbdfork.experiments.matrix.schema import MatrixReport
+from nbdfork.experiments.matrix.schema import MatrixReport, RunResult
 from nbdfork.experiments.matrix.session import (
     DEFAULT_DEVICE,
     MultiKernelSession,
@@ -55,6 +55,15 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     )
 
 
+def _formats_cell(run: RunResult) -> str:
+    """Torn/stale/overlapping over the formats besides the stamp (metadata, fio), or -."""
+    others = [v for name, v in run.formats.items() if name not in ("stamp", "none")]
+    if not others:
+        return "-"
+    return "/".join(str(sum(getattr(v, k) for v in others))
+                    for k in ("torn", "stale", "overlapping"))  # fmt: skip
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -74,6 +83,7 @@ def results_table(report: MatrixReport) -> Table:
         "torn/stamped",
         "stale",
         "overlap",
+        "formats t/s/o",
         "p50 ms",
         "p99 ms",
         "max ms",
@@ -90,6 +100,7 @@ def results_table(report: MatrixReport) -> Table:
             f"{run.torn}/{run.stamped_pages}",
             str(run.stale),
             str(run.overlapping),
+            _formats_cell(run),
             _ms(lat.p50),
             _ms(lat.p99),
             _ms(lat.max),

@@ -27,6 +27,15 @@ def workloads(runs: Sequence[RunResult]) -> list[str]:
     return [w for w in _WORKLOAD_ORDER if w in present]
 
 
+def torn_of(run: RunResult) -> int:
+    """The run's torn writes of its workload's own blocks: fio's for a fio job, else the
+    stamp's."""
+    if run.workload == "fio":
+        fio = run.formats.get("fio")
+        return fio.torn if fio is not None else 0
+    return run.torn
+
+
 def _tear_phrase(tested: set[int], tore: set[int]) -> str:
     if not tore:
         return "not at all"
@@ -43,7 +52,7 @@ def _tears(workload: str, runs: Sequence[RunResult]) -> str:
     for fs in ordered(r.fs for r in runs):
         mine = [r for r in runs if r.fs == fs]
         tested: set[int] = {r.stable_writes for r in mine}
-        tore: set[int] = {r.stable_writes for r in mine if r.torn > 0}
+        tore: set[int] = {r.stable_writes for r in mine if torn_of(r) > 0}
         phrases.setdefault(_tear_phrase(tested, tore), []).append(fs)
     clauses = [f"{phrase} on {', '.join(fss)}" for phrase, fss in phrases.items()]
     return f"{workload} tears " + "; ".join(clauses)
