@@ -16,7 +16,7 @@ from nbdfork.config import FORMAT_NAMES, parse_params
 from nbdfork.device.device import Device
 from nbdfork.errors import ConfigError
 from nbdfork.oracle.events import read_events
-from nbdfork.oracle.formats import FioFormat
+from nbdfork.oracle.formats.fio import FioFormat
 from nbdfork.oracle.stamp import encode_page
 from nbdfork.oracle.verify import FORMAT_NAMES as ORACLE_FORMATS
 from nbdfork.oracle.verify import Oracle, WriteRequest, judge
@@ -339,3 +339,15 @@ def test_a_trace_rejudged_with_the_recorded_formats_gives_the_same_events(
     rejudge_trace(trace, stamp_only)
     assert [(e["event"], e["kind"]) for e in sink.events] == [("torn_write", "ext4.super")]
     assert again.events == sink.events and stamp_only.events == []
+
+
+def test_xfs_blocks_mkfs_wrote_outside_the_log_carry_no_version(tmp_path: Path) -> None:
+    """mkfs.xfs writes its metadata with LSN 0: those blocks have no version (so never stale),
+    its log record has one."""
+    from nbdfork.oracle.formats.xfs import XfsFormat  # noqa: PLC0415
+    from tests.test_formats import scan_image  # noqa: PLC0415
+
+    blocks = scan_image(XfsFormat(), xfs_image(tmp_path).read_bytes())
+    versions = Counter(b.version is None for b in blocks if b.kind != "xfs.log.record")
+    assert versions == {True: 100}
+    assert all(b.version for b in blocks if b.kind == "xfs.log.record")
