@@ -69,8 +69,12 @@ class FormatJudge:
             for fmt in self.formats:
                 found += fmt.scan(data, offset)
                 geometry = getattr(fmt, "geometry", None)
-                if geometry != self._geometry.get(fmt.name):
+                known = self._geometry.get(fmt.name)
+                # identity first: the dataclass __eq__ runs only when a superblock was read
+                if geometry is not known and geometry != known:
                     self._new_filesystem(fmt.name, geometry)
+                elif geometry is not known:
+                    self._geometry[fmt.name] = geometry
         return tuple(found)
 
     def _new_filesystem(self, name: str, geometry: object) -> None:
