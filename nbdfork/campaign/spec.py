@@ -265,6 +265,10 @@ def _expand(group: Mapping[str, Any], index: int, campaign_seed: int) -> list[Ce
         raise ConfigError(f"{where}.options.{overlap[0]}", "is also an axis")
     order = sorted(a for a in axes if a != "seed") + (["seed"] if "seed" in axes else [])
     _check_options(kind, {**dict.fromkeys(order), **options}, where)
+    known = experiment(kind).options_by_name
+    for axis in (a for a in order if a != "seed"):  # each value by the option's own parser
+        for value in axes[axis]:
+            check_setting(known, axis, value, f"{where}.axes.{axis}")
     cells = []
     # Seeds vary slowest: every setting gets its first seed before any gets its second.
     outer = axes.get("seed", [None])

@@ -184,6 +184,7 @@ def _run(args: argparse.Namespace) -> int:
     with claim_directory(args.out, spec, args.spec, args.force):
         jobs = given_jobs or min(MAX_JOBS, len(spec.cells) if args.executor == "ray"
                                  else default_jobs(spec.cells))  # fmt: skip
+        states = read_journal(args.out, on_skip=_warn)  # a bad journal: before anything runs
         executor = _executor(args, grace)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())  # fmt: skip
@@ -191,7 +192,6 @@ def _run(args: argparse.Namespace) -> int:
                       f"({executor.name}), results in {args.out}", highlight=False,
                       soft_wrap=True)  # fmt: skip
         with Progress(*columns, console=console, transient=True) as progress:
-            states = read_journal(args.out, on_skip=_warn)
             display = _Display(progress, len(spec.cells))
             progress.update(display._task, completed=sum(
                 1 for c in spec.cells

@@ -164,6 +164,8 @@ def read_json(path: Path, kind: type[T], schema: str) -> T:
         return msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as exc:
         raise validation_error(source, exc, kind) from None
+    except msgspec.DecodeError as exc:  # past `schema`: bytes the schema check skipped
+        raise _not_json(source, data, exc) from None
 
 
 def encode(value: Any) -> bytes:
