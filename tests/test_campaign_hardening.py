@@ -51,8 +51,7 @@ def one_line(argv: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """$TMP: a file, a FIFO, a directory, an endless (sparse, over 64 MiB) and a deep
-    report.json, a truncated, a tampered and a non-UTF-8 one."""
+    """$TMP: a file, FIFOs, endless, deep, cut, tampered and non-UTF-8 reports and specs."""
     tmp = tmp_path_factory.mktemp("layout")
     (tmp / "file").write_text("x")
     os.mkfifo(tmp / "fifo")
@@ -231,8 +230,7 @@ COMMANDS = {
 def test_a_bad_results_directory_is_one_line(
     layout: Path, tmp_path: Path, command: str, where: str, problem: str
 ) -> None:
-    """--out (campaign, model, run, crash) or --cache (kernel fetch) that is a file, under a
-    file, or in /proc or /sys: one line naming the option, before anything runs."""
+    """A results directory that is a file, under a file, or in /proc or /sys: one line."""
     spec = tmp_path / "spec.toml"
     spec.write_text(MODEL)
     head, option = COMMANDS[command]
@@ -262,8 +260,7 @@ REPORTS = [
 
 @pytest.mark.parametrize(("path", "line"), REPORTS, ids=[p for p, _ in REPORTS])
 def test_a_bad_report_file_is_one_line(layout: Path, path: str, line: str) -> None:
-    """`nbdfork report` on a FIFO, a device, an endless, deep, cut, tampered or foreign file:
-    one line, exit 2, never a hang."""
+    """`nbdfork report` on a FIFO, device, endless, deep, cut or tampered file: one line."""
     got = one_line([NBDFORK, "report", path.replace("$TMP", str(layout))])
     assert got == "nbdfork report: error: " + line.replace("$TMP", str(layout))
 
@@ -302,8 +299,7 @@ JOURNAL_LINES = [
 def test_a_bad_journal_line_is_skipped_with_one_warning(
     tmp_path: Path, bad: str, problem: str
 ) -> None:
-    """A journal line of wrong types, cut or garbage is skipped with one warning naming its
-    line; the cell runs again, the campaign exits 0 and `nbdfork report` reads its report."""
+    """A bad journal line: one warning naming it, the cell reruns, the report reads back."""
     spec, out = tmp_path / "cells.json", tmp_path / "out"
     spec.write_text(describe("pass", [1]))
     argv = [*DRIVER, "campaign", "run", str(spec), "--out", str(out)]
@@ -339,8 +335,7 @@ def test_a_journal_that_is_a_fifo_is_one_line(tmp_path: Path) -> None:
 def test_a_planted_link_at_a_cell_folder_is_refused_and_its_target_untouched(
     tmp_path: Path,
 ) -> None:
-    """cells/<id> replaced by a link to another folder: the campaign stops with one error
-    line, and the folder the link points to keeps its files."""
+    """A link planted at cells/<id>: one error line, and its target keeps its files."""
     spec, out, victim = tmp_path / "cells.json", tmp_path / "out", tmp_path / "victim"
     spec.write_text(describe("import sys; sys.exit(1)", [1]))
     argv = [*DRIVER, "campaign", "run", str(spec), "--out", str(out)]
@@ -373,9 +368,7 @@ def _wait_for(predicate: object, timeout: float = 60) -> None:
 
 
 def test_a_resume_stops_the_cell_a_killed_campaign_left_running(tmp_path: Path) -> None:
-    """SIGKILL the campaign: its cell (ignoring SIGTERM) keeps running; the resume stops it
-    (SIGKILL after --grace), says so in one line, and only then runs the cell again, so the
-    orphan's output stops growing and the cell is done once more."""
+    """After a SIGKILLed campaign, the resume stops its orphan cell (one line), then reruns."""
     block = tmp_path / "block"
     block.touch()
     code = ("import os, pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
@@ -416,8 +409,7 @@ def test_a_resume_stops_the_cell_a_killed_campaign_left_running(tmp_path: Path) 
 
 
 def test_a_stale_owner_record_signals_nobody(tmp_path: Path) -> None:
-    """An owner record whose process group has ended (or whose pid now leads another
-    process) is dropped without a signal or a word; the cell runs."""
+    """An owner record whose pid now leads another process is dropped, nothing signalled."""
     spec, out = tmp_path / "cells.json", tmp_path / "out"
     spec.write_text(describe("pass", [1]))
     argv = [*DRIVER, "campaign", "run", str(spec), "--out", str(out)]
