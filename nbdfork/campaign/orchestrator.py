@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from nbdfork.campaign.executors import CellOutcome, Executor
+from nbdfork.campaign.executors import ERROR_MAX, CellOutcome, Executor
 from nbdfork.campaign.journal import Journal, JournalState, read_journal
 from nbdfork.campaign.orphans import reclaim
 from nbdfork.campaign.paths import CELLS, PREVIOUS, RUNNING, cell_dir, previous_dir
@@ -157,8 +157,9 @@ async def _run_one(
     except Exception as exc:  # the executor itself broke (unpacking, a full disk)
         outcome = CellOutcome(None, f"{type(exc).__name__}: {exc}", 0.0, "?", False)
     event = "done" if outcome.ok else "failed"
+    error = None if outcome.error is None else outcome.error[:ERROR_MAX]  # any executor's
     journal.append(cell.id, event, **common, exit_status=outcome.exit_status,
-                   error=outcome.error, duration_s=round(outcome.duration_s, 3),
+                   error=error, duration_s=round(outcome.duration_s, 3),
                    node=outcome.node)  # fmt: skip
     display.finished(cell, event, outcome)
 
