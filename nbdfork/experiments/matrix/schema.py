@@ -42,7 +42,7 @@ __all__ = [
 
 SCHEMA = "nbdfork.run/1"
 
-Workload = Literal["pwrite", "mmap", "odirect", "odirect_inflight", "atomic"]
+Workload = Literal["pwrite", "mmap", "odirect", "odirect_inflight", "odirect_churn", "atomic"]
 
 
 class Durations(Record, frozen=True, kw_only=True):
