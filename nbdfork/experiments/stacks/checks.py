@@ -161,53 +161,61 @@ def _require(value: str | None, checker: str) -> str:
 
 
 def check_dm_integrity(plan: BuildPlan, log: Log) -> IntegrityResult:
-    """Read every 4 KiB block of the dm-integrity device with O_DIRECT; count the blocks that
-    fail with EIO and keep the kernel's lines about it, then the target's own counter."""
+    """Read every 4 KiB block of the dm-integrity device with O_DIRECT; count the blocks the
+    target refuses and keep the kernel's lines about it, then the target's own counter."""
     name = _require(plan.integrity_name, "dm_integrity")
     device = plan.top[0]
     with _kmsg_tail() as new_lines:
-        blocks, bad = _read_back(device)
+        blocks, failed = _read_back(device)
         lines = [line for line in new_lines() if "integrity" in line]
     _, status = run_tool(log, "dm_integrity", ("dmsetup", "status", name), 60.0)
-    log(f"# read back {blocks} blocks of {device}: {bad} EIO")
+    log(f"# read back {blocks} blocks of {device}: failed {failed}")
     return IntegrityResult(
         device,
         plan.mode,
         blocks,
-        bad,
+        sum(failed.values()),
+        failed,
         parse_integrity_status(status),
         lines[:_KEPT_LINES],
         len(lines),
     )
 
 
-def _read_back(device: str) -> tuple[int, int]:
-    """(blocks, blocks failing with EIO): 1 MiB reads, each failing one re-read per block."""
+# A checksum mismatch completes the bio with BLK_STS_PROTECTION, which reaches a reader as
+# EILSEQ (blk_status_to_errno); EIO is what other failures of the target look like.
+_READ_ERRORS = (errno.EILSEQ, errno.EIO)
+
+
+def _read_back(device: str) -> tuple[int, dict[str, int]]:
+    """(blocks, {errno name: blocks failing with it}): 1 MiB reads, each failing one re-read
+    block by block."""
     fd = os.open(device, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
     buf = mmap.mmap(-1, _CHUNK)  # page aligned, as O_DIRECT needs; freed with its views
+    failed: dict[str, int] = {}
     try:
-        size = os.lseek(fd, 0, os.SEEK_END)
-        bad = 0
-        for offset in range(0, size - size % PAGE, _CHUNK):
-            length = min(_CHUNK, size - size % PAGE - offset)
-            if not _eio(fd, memoryview(buf)[:length], offset):
+        end = os.lseek(fd, 0, os.SEEK_END) // PAGE * PAGE
+        for offset in range(0, end, _CHUNK):
+            length = min(_CHUNK, end - offset)
+            if _read_error(fd, memoryview(buf)[:length], offset) is None:
                 continue
-            bad += sum(
-                _eio(fd, memoryview(buf)[:PAGE], o) for o in range(offset, offset + length, PAGE)
-            )
-        return size // PAGE, bad
+            for block in range(offset, offset + length, PAGE):
+                if (err := _read_error(fd, memoryview(buf)[:PAGE], block)) is not None:
+                    failed[errno.errorcode[err]] = failed.get(errno.errorcode[err], 0) + 1
+        return end // PAGE, failed
     finally:
         os.close(fd)
 
 
-def _eio(fd: int, buf: memoryview, offset: int) -> bool:
+def _read_error(fd: int, buf: memoryview, offset: int) -> int | None:
+    """The errno of a read the target refused, None if it read."""
     try:
         os.preadv(fd, [buf], offset)
     except OSError as exc:
-        if exc.errno != errno.EIO:
+        if exc.errno not in _READ_ERRORS:
             raise
-        return True
-    return False
+        return exc.errno
+    return None
 
 
 @contextlib.contextmanager
