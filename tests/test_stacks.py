@@ -322,3 +322,31 @@ def test_fsck_verdict_is_the_tools_exit_status() -> None:
     assert not fsck_verdict("xfs_repair", "/dev/md0", 1, "").clean
     with pytest.raises(ParseError, match="unknown tool"):
         fsck_verdict("fsck.vfat", "/dev/md0", 0, "")
+
+
+def test_scrub_parser_reads_an_uncorrectable_error_after_a_leading_error_line() -> None:
+    """A single-device btrfs with one data byte changed: the ERROR line btrfs prints first is
+    skipped; one csum error, uncorrectable (no second copy)."""
+    (dev,) = parse_scrub_status(golden("btrfs-scrub-start-single-damaged.txt"))
+    assert (dev.device, dev.devid) == ("/dev/dm-0", 1)
+    assert (dev.csum_errors, dev.uncorrectable_errors, dev.corrected_errors) == (1, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("tool", "name", "code", "last"),
+    [
+        (
+            "e2fsck",
+            "e2fsck-fn-damaged-gdt.txt",
+            4,
+            "/dev/mapper/d0: 12/81696 files (0.0% non-contiguous), 9297/81664 blocks",
+        ),
+        ("xfs_repair", "xfs-repair-n-damaged-agf.txt", 1, "Exiting now."),
+    ],
+)
+def test_fsck_verdict_on_a_damaged_filesystem(tool: str, name: str, code: int, last: str) -> None:
+    """A changed metadata byte: e2fsck -fn exits 4, xfs_repair -n exits 1; not clean, and the
+    tail ends with the tool's last line."""
+    verdict = fsck_verdict(tool, "/dev/mapper/d0", code, golden(name))
+    assert not verdict.clean and verdict.exit_code == code
+    assert verdict.output_tail[-1] == last
