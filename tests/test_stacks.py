@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,12 +10,14 @@ import pytest
 from nbdfork.errors import ConfigError
 from nbdfork.experiments.stacks import STACKS, parse_stack, parse_stacks, plan_stack
 from nbdfork.experiments.stacks.parse import (
+    KmsgRecord,
     ParseError,
     fsck_verdict,
     parse_chunk_tree,
     parse_dev_item_devid,
     parse_device_stats,
     parse_integrity_status,
+    parse_kmsg_record,
     parse_scrub_status,
 )
 from nbdfork.experiments.stacks.plan import Run, SysfsWrite
@@ -350,3 +353,13 @@ def test_fsck_verdict_on_a_damaged_filesystem(tool: str, name: str, code: int, l
     verdict = fsck_verdict(tool, "/dev/mapper/d0", code, golden(name))
     assert not verdict.clean and verdict.exit_code == code
     assert verdict.output_tail[-1] == last
+
+
+def test_kmsg_parser_reads_sequence_time_and_message() -> None:
+    """Raw /dev/kmsg records: `PRI,SEQ,USEC,FLAGS;MESSAGE` gives the sequence number, the
+    microseconds since boot and the message without its newline."""
+    records = json.loads(golden("kmsg-integrity-records.json"))
+    first = parse_kmsg_record(records[0].encode("latin-1"))
+    assert first == KmsgRecord(324, 1787858, "integrity: Platform Keyring initialized")
+    with pytest.raises(ParseError, match="not a record"):
+        parse_kmsg_record(b"no separator here\n")
