@@ -363,3 +363,15 @@ def test_kmsg_parser_reads_sequence_time_and_message() -> None:
     assert first == KmsgRecord(324, 1787858, "integrity: Platform Keyring initialized")
     with pytest.raises(ParseError, match="not a record"):
         parse_kmsg_record(b"no separator here\n")
+
+
+def test_kmsg_parser_reads_dm_integrity_checksum_failures() -> None:
+    """7.2 records of a dm-integrity read-back that hit torn blocks: priority 3 records whose
+    messages name the failing sector."""
+    records = json.loads(golden("kmsg-integrity-records-7.2.json"))
+    parsed = [parse_kmsg_record(r.encode("latin-1")) for r in records]
+    failed = [p for p in parsed if "Checksum failed" in p.text]
+    assert len(failed) == 6
+    assert failed[0] == KmsgRecord(
+        674, 626119773, "device-mapper: integrity: dm-1: Checksum failed at sector 0xaf00"
+    )
