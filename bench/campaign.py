@@ -6,8 +6,9 @@ Run: .venv/bin/python bench/campaign.py [--quick] [--noop-cells 8] [--json FILE]
 Each measurement is one `nbdfork campaign run` subprocess into a fresh directory, so the wall
 time includes the CLI's start, the journal, the merged report and its plot. Overhead per cell
 is (campaign wall time - the sum of the cells' own durations from the journal) / cells at
---jobs 1; the no-op campaign runs `nbdfork --version` as each cell (the hidden `exec` kind),
-so its wall time per cell is the floor of what one cell costs.
+--jobs 1; the no-op campaign runs `nbdfork --version` as each cell (Python cells built by
+tests/campaign_driver.py: a spec runs only the experiments' kinds), so its wall time per cell
+is the floor of what one cell costs.
 """
 
 from __future__ import annotations
@@ -24,16 +25,18 @@ from pathlib import Path
 from typing import Any
 
 NBDFORK = Path(sys.executable).parent / "nbdfork"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _campaign(spec: str, work: Path, name: str, jobs: int) -> dict[str, Any]:
-    spec_path, out = work / f"{name}.toml", work / name
+    python_cells = spec.startswith("{")
+    spec_path, out = work / f"{name}.{'json' if python_cells else 'toml'}", work / name
     spec_path.write_text(spec)
-    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
+    env = dict(os.environ, VIRTUAL_ENV=sys.prefix, PYTHONPATH=str(ROOT))
     started = time.monotonic()
-    argv = [str(NBDFORK), "campaign", "run", str(spec_path), "--out", str(out),
-            "--jobs", str(jobs)]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    head = [sys.executable, "-m", "tests.campaign_driver"] if python_cells else [str(NBDFORK)]
+    argv = [*head, "campaign", "run", str(spec_path), "--out", str(out), "--jobs", str(jobs)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     wall = time.monotonic() - started
     if proc.returncode != 0:
         sys.exit(f"bench: {name} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
@@ -54,9 +57,8 @@ def _model_spec(quick: bool) -> str:
 
 
 def _noop_spec(cells: int) -> str:
-    argv = json.dumps([str(NBDFORK), "--version"])
-    return (f'[campaign]\nname = "noop"\n[[cells]]\nkind = "exec"\nname = "noop"\n'
-            f"[cells.axes]\nn = {list(range(cells))}\n[cells.options]\nargv = {argv}\n")
+    code = f"import subprocess; subprocess.run([{str(NBDFORK)!r}, '--version'], check=True)"
+    return json.dumps({"name": "noop", "seed": 0, "code": code, "axis": list(range(cells))})
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ __all__ = [
     "Parser",
     "add_options",
     "as_text",
+    "check_out_dir",
     "check_setting",
     "check_values",
     "flag_name",
@@ -29,6 +31,7 @@ __all__ = [
     "parse_bounded_float",
     "parse_bounded_int",
     "parse_choice",
+    "parse_out_dir",
     "parse_path",
     "parse_text",
 ]
@@ -55,6 +58,66 @@ def parse_path(option: str, text: str) -> Path:
     if not text.strip() or "\0" in text:
         raise ConfigError(option, f"{text!r} is not a path")
     return Path(text)
+
+
+_PSEUDO_FS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+                        "configfs", "devpts", "devtmpfs", "bpf", "pstore", "efivarfs",
+                        "fusectl", "binfmt_misc"})  # fmt: skip
+"""Kernel pseudo filesystems: not a place for results (writes fail, or mean something else)."""
+
+
+def _mount_of(path: Path) -> tuple[str, str]:
+    """The mount point holding `path` (resolved) and its filesystem type, from mountinfo."""
+    best, kind = "/", ""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:  # pragma: no cover - no /proc: nothing to refuse by type
+        return best, kind
+    for line in lines:
+        fields, _, after = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not after:
+            continue
+        point = parts[4].encode().decode("unicode_escape")  # \040 is a space
+        inside = path == Path(point) or path.is_relative_to(point)
+        if inside and len(point) >= len(best):
+            best, kind = point, after.split()[0]
+    return best, kind
+
+
+def _existing(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists."""
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_out_dir(option: str, path: Path) -> Path:
+    """`path` as a results directory: it is a directory we may write, or one we may create
+    (its nearest existing ancestor is), and not in a kernel pseudo filesystem (/proc, /sys).
+    Nothing is created; a problem is one ConfigError naming `option`."""
+    if len(os.fsencode(str(path))) >= 4096:
+        raise ConfigError(option, f"{str(path)[:40]}... is longer than a path may be")
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a loop of links
+        raise ConfigError(option, f"{path}: cannot follow it ({exc})") from None
+    point, kind = _mount_of(resolved)
+    if kind in _PSEUDO_FS:
+        raise ConfigError(option, f"{path} is in {point}, a kernel pseudo filesystem ({kind}): "
+                          "choose a directory on disk")  # fmt: skip
+    found = _existing(resolved)
+    creating = "" if found == resolved else f"cannot create {path}: "
+    if not found.is_dir():
+        raise ConfigError(option, f"{creating}{found if creating else path} is not a directory")
+    if not os.access(found, os.W_OK | os.X_OK, effective_ids=True):
+        raise ConfigError(option, f"{creating}{found if creating else path} is not writable")
+    return path
+
+
+def parse_out_dir(option: str, text: str) -> Path:
+    """A results directory (check_out_dir): checked when the command starts, not at its end."""
+    return check_out_dir(option, parse_path(option, text))
 
 
 def parse_bounded_int(low: int, high: int) -> Parser:

@@ -21,9 +21,11 @@ from nbdfork.campaign.spec import OUT, Cell, example_spec, parse_spec
 from nbdfork.errors import ConfigError, ReportError
 from nbdfork.report.codec import write_json
 from nbdfork.seeds import derive_seed
-from tests.conftest import nbdkit_env
+from tests.campaign_driver import describe, python_cells
+from tests.conftest import ROOT, nbdkit_env
 
 NBDFORK = Path(sys.executable).parent / "nbdfork"
+DRIVER = [sys.executable, "-m", "tests.campaign_driver"]
 
 MODEL_SPEC = """
 [campaign]
@@ -40,19 +42,21 @@ device_dummy_free = 1
 """
 
 
-def _exec_spec(code: str, axis: list[int], *, seed: int = 1, name: str = "t") -> str:
-    """A spec of hidden `exec` cells, each running python `code` with {n} and {out} filled."""
-    argv = json.dumps([sys.executable, "-c", code])
-    return (f'[campaign]\nseed = {seed}\n[[cells]]\nkind = "exec"\nname = "{name}"\n'
-            f"[cells.axes]\nn = {json.dumps(axis)}\n[cells.options]\nargv = {argv}\n")  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    """The environment of a campaign subprocess: this checkout's nbdfork and the venv."""
+    return nbdkit_env() | {"PYTHONPATH": str(ROOT)}
 
 
 def _campaign(
     spec: Path, out: Path, *extra: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    argv = [str(NBDFORK), "campaign", "run", str(spec), "--out", str(out), *extra]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                          env=nbdkit_env(), check=False)  # fmt: skip
+    """`campaign run` on python cells (a .json spec, through the driver) or a real spec."""
+    head = DRIVER if spec.suffix == ".json" else [str(NBDFORK)]
+    argv = [*head, "campaign", "run", str(spec), "--out", str(out), *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=_env(), check=False)  # fmt: skip
 
 
 def _journal(out: Path) -> list[dict[str, Any]]:
@@ -155,7 +159,9 @@ def test_the_journal_keeps_the_last_event_and_skips_a_torn_line(tmp_path: Path) 
 
 def test_resume_runs_only_cells_not_done_under_the_same_key(tmp_path: Path) -> None:
     """Done cells are skipped; failed, interrupted, unstarted or changed (new key) cells run."""
-    spec = parse_spec(_exec_spec("pass", [1, 2, 3, 4]))
+    source = tmp_path / "cells.json"
+    source.write_text(describe("pass", [1, 2, 3, 4]))
+    spec = python_cells(source)
     a, b, c, d = spec.cells
     journal = Journal(tmp_path)
     journal.append(a.id, "done", key=a.key)
@@ -198,8 +204,8 @@ def test_wilson_interval_matches_known_values() -> None:
 
 def test_two_jobs_run_two_cells_at_once(tmp_path: Path) -> None:
     """With --jobs 2 two cells' start..end intervals overlap (journal timestamps)."""
-    spec = tmp_path / "spec.toml"
-    spec.write_text(_exec_spec("import time; time.sleep(1.5)", [1, 2]))
+    spec = tmp_path / "spec.json"
+    spec.write_text(describe("import time; time.sleep(1.5)", [1, 2]))
     proc = _campaign(spec, tmp_path / "out", "--jobs", "2")
     assert proc.returncode == 0, proc.stderr
     lines = _journal(tmp_path / "out")
@@ -212,8 +218,8 @@ def test_two_jobs_run_two_cells_at_once(tmp_path: Path) -> None:
 def test_cells_are_packed_into_the_cpu_budget(tmp_path: Path) -> None:
     """--jobs 2 but --cpus 1: one 1-CPU cell at a time (journal spans do not overlap), and
     report.json records the budget."""
-    spec = tmp_path / "spec.toml"
-    spec.write_text(_exec_spec("import time; time.sleep(0.5)", [1, 2]))
+    spec = tmp_path / "spec.json"
+    spec.write_text(describe("import time; time.sleep(0.5)", [1, 2]))
     proc = _campaign(spec, tmp_path / "out", "--jobs", "2", "--cpus", "1", "--memory", "4G")
     assert proc.returncode == 0, proc.stderr
     lines = _journal(tmp_path / "out")
@@ -246,8 +252,8 @@ def test_first_fit_packing_never_exceeds_the_budget_but_runs_a_big_cell_alone() 
 
 def test_a_bad_budget_is_one_line_naming_the_option(tmp_path: Path) -> None:
     """--cpus 0, --memory nonsense, and a budget with the Ray executor are refused."""
-    spec = tmp_path / "spec.toml"
-    spec.write_text(_exec_spec("pass", [1]))
+    spec = tmp_path / "spec.json"
+    spec.write_text(describe("pass", [1]))
     for extra, option in ((("--cpus", "0"), "--cpus"), (("--memory", "lots"), "--memory"),
                           (("--executor", "ray", "--cpus", "2"), "--cpus")):  # fmt: skip
         proc = _campaign(spec, tmp_path / f"out{option}{len(extra)}", *extra)
@@ -259,8 +265,8 @@ def test_a_failing_cell_is_failed_and_the_others_still_run(tmp_path: Path) -> No
     """A cell exiting 3 is `failed` with its status and last stderr line; exit status 1."""
     code = ("import sys; n = {n}; print('cell broke', n, file=sys.stderr) if n == 2 else None; "
             "sys.exit(3 if n == 2 else 0)")
-    spec = tmp_path / "spec.toml"
-    spec.write_text(_exec_spec(code, [1, 2, 3]))
+    spec = tmp_path / "spec.json"
+    spec.write_text(describe(code, [1, 2, 3]))
     proc = _campaign(spec, tmp_path / "out", "--jobs", "1")
     assert proc.returncode == 1, proc.stderr
     assert _statuses(tmp_path / "out") == {"t-n=1": "done", "t-n=2": "failed", "t-n=3": "done"}
@@ -296,12 +302,12 @@ def test_sigterm_stops_cleanly_and_a_rerun_runs_only_the_missing_cells(tmp_path:
             "child = subprocess.Popen(['sleep', '60']) if slow else None; "
             "pathlib.Path('{out}', 'child').write_text(str(child.pid)) if child else None; "
             "time.sleep(60 if slow else 0.1)")  # fmt: skip
-    spec, out = tmp_path / "spec.toml", tmp_path / "out"
-    spec.write_text(_exec_spec(code, [1, 2, 3]))
-    argv = [str(NBDFORK), "campaign", "run", str(spec), "--out", str(out), "--jobs", "1",
+    spec, out = tmp_path / "spec.json", tmp_path / "out"
+    spec.write_text(describe(code, [1, 2, 3]))
+    argv = [*DRIVER, "campaign", "run", str(spec), "--out", str(out), "--jobs", "1",
             "--grace", "2"]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=nbdkit_env())  # fmt: skip
+                            cwd=ROOT, env=_env())  # fmt: skip
     # A cell runs in DIR/.running/<name without = or ,> and moves to DIR/cells/<id> at its end.
     _wait_for(lambda: any(p.read_text() for p in out.glob(".running/t-n_2-*/child")))
     child = int(next(out.glob(".running/t-n_2-*/child")).read_text())
@@ -327,12 +333,12 @@ def test_sigterm_stops_cleanly_and_a_rerun_runs_only_the_missing_cells(tmp_path:
 
 def test_a_changed_spec_is_refused_without_force(tmp_path: Path) -> None:
     """Rerunning DIR with another spec is one error line and exit 2; --force runs it."""
-    spec, out = tmp_path / "spec.toml", tmp_path / "out"
-    spec.write_text(_exec_spec("pass", [1]))
+    spec, out = tmp_path / "spec.json", tmp_path / "out"
+    spec.write_text(describe("pass", [1]))
     assert _campaign(spec, out).returncode == 0
     assert _campaign(spec, out).returncode == 0  # the same spec: nothing to do
     assert [x["event"] for x in _journal(out)] == ["start", "done"]
-    spec.write_text(_exec_spec("pass", [1, 2]))
+    spec.write_text(describe("pass", [1, 2]))
     refused = _campaign(spec, out)
     assert refused.returncode == 2
     assert refused.stderr.strip().count("\n") == 0 and "differs from the spec" in refused.stderr
@@ -343,14 +349,15 @@ def test_a_changed_spec_is_refused_without_force(tmp_path: Path) -> None:
 
 def test_the_local_executor_never_imports_ray(tmp_path: Path) -> None:
     """A local campaign runs without importing ray (an optional extra)."""
-    spec = tmp_path / "spec.toml"
-    spec.write_text(_exec_spec("pass", [1]))
-    code = ("import sys; from nbdfork.cli import main; "
+    spec = tmp_path / "spec.json"
+    spec.write_text(describe("pass", [1]))
+    code = ("import sys; from nbdfork.cli import main; import tests.campaign_driver as d; "
+            "d.command.load_spec = d.python_cells; "
             f"status = main(['campaign', 'run', {str(spec)!r}, "
             f"'--out', {str(tmp_path / 'o')!r}]); "
             "assert status == 0, status; assert 'ray' not in sys.modules, 'ray imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env=nbdkit_env(), check=False)  # fmt: skip
+                          timeout=120, cwd=ROOT, env=_env(), check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
 
 
@@ -474,7 +481,7 @@ def test_a_running_cells_output_streams_into_its_log_and_the_display(tmp_path: P
 
     code = ("import time; print('booting', flush=True); time.sleep(1.5); "
             "print('workload', flush=True)")  # fmt: skip
-    cell = Cell(id="c", kind="exec", axes={}, seed=1, argv=(sys.executable, "-c", code),
+    cell = Cell(id="c", kind="python", axes={}, seed=1, argv=(sys.executable, "-c", code),
                 ok_statuses=(0,))  # fmt: skip
     directory = tmp_path / "cells" / "c"
     directory.mkdir(parents=True)

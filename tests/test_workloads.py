@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nbdfork.errors import ConfigError
-from nbdfork.oracle.stamp import PAGE_SIZE, PageStatus, decode_page
+from nbdfork.oracle.stamp import PAGE_SIZE, PageStatus, decode_page, decode_pages
 from nbdfork.workloads import WORKLOADS, WorkloadConfig, run_workload, workload_class
 from nbdfork.workloads.atomic import atomic_limits
 from nbdfork.workloads.base import Ledger, WorkloadSkipped, sync_file_range
@@ -166,7 +166,8 @@ def test_bad_knobs_name_themselves(tmp_path: Path) -> None:
             config(tmp_path, **{knob: value}).validate()
     with pytest.raises(ConfigError, match="--workload"):
         workload_class("fio")
-    assert set(WORKLOADS) == {"pwrite", "mmap", "odirect", "odirect_inflight", "atomic"}
+    assert set(WORKLOADS) == {"pwrite", "mmap", "odirect", "odirect_inflight", "odirect_churn",
+                              "atomic"}  # fmt: skip
 
 
 def test_sync_file_range_raises_oserror_on_a_bad_fd() -> None:
@@ -218,6 +219,24 @@ def test_odirect_inflight_never_changes_the_buffer_before_its_delay(tmp_path: Pa
     assert run_workload("odirect", config(tmp_path / "b", threads=1, seconds=0.2)).summary()[
         "mutate_after_ms"
     ] == 0.0
+
+
+def test_odirect_churn_leaves_no_version_whole_while_the_write_is_in_the_kernel(
+    tmp_path: Path,
+) -> None:
+    """odirect_churn writes a fresh counter into every sector's first fill word while each
+    O_DIRECT write is in the kernel: writes get mutated, and what reached the file is a stamped
+    page whose tags are whole but whose crc fails at byte 40 of a sector."""
+    if not odirect_supported(tmp_path / "w"):
+        pytest.skip("tmp_path's filesystem does not support O_DIRECT")
+    result = run_workload("odirect_churn", config(tmp_path, threads=1, seconds=0.5))
+    assert result.error is None
+    summary = result.summary()
+    assert summary["mutated_ios"] > 0 and summary["buffer_mutations"] >= summary["mutated_ios"]
+    data = b"".join(p.read_bytes() for p in sorted((tmp_path).rglob("*.dat")))
+    torn = list(decode_pages(data).torn.values())
+    assert torn, "no page reached the file mid-change"
+    assert all(d.first_mismatch is not None and d.first_mismatch % 512 == 40 for d in torn)
 
 
 def test_atomic_runs_only_where_statx_offers_a_page(tmp_path: Path) -> None:

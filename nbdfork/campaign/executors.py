@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import io
 import os
-import re
 import shutil
 import signal
 import socket
@@ -33,6 +31,8 @@ from typing import Any, Protocol
 
 import aiofiles
 
+from nbdfork.campaign.orphans import record_owner, release_owner
+from nbdfork.campaign.paths import running_dir, safe_name
 from nbdfork.campaign.spec import NBDFORK, OUT, Cell
 from nbdfork.errors import ConfigError
 
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 CELL_LOG = "cell.log"
-RUNNING = ".running"
+ERROR_MAX = 500  # characters of a failed cell's last stderr line kept in the journal
 GRACE = 30.0
 """Seconds between SIGTERM and SIGKILL of a cell's process group: a run cell stops its VM
 (SIGTERM, up to 10 s, then SIGKILL: its own process group) and nbdkit in that time."""
@@ -80,12 +80,6 @@ class Executor(Protocol):
                   ) -> CellOutcome: ...  # fmt: skip
 
     def close(self) -> None: ...
-
-
-def safe_name(cell_id: str) -> str:
-    """A directory name for `cell_id` with no `=`, `,` or `:` (qemu and vng option syntax)."""
-    digest = hashlib.sha256(cell_id.encode()).hexdigest()[:8]
-    return f"{re.sub(r'[^A-Za-z0-9._-]', '_', cell_id)}-{digest}"
 
 
 def resolve_argv(argv: Sequence[str], out: Path) -> list[str]:
@@ -140,18 +134,23 @@ class LocalExecutor:
         """Run `cell` into DIRECTORY (cell.log and its --out); cancelled: stop its process group;
         each stdout line also goes to `on_line` as it comes.
 
-        The subprocess writes into DIR/.running/<safe name>, moved to DIRECTORY when it ends:
-        a cell id's `=` and `,` must not reach virtme-ng's and qemu's path options."""
-        work = directory.parent.parent / RUNNING / safe_name(cell.id)
+        The subprocess writes into DIR/.running/<safe name>, moved to DIRECTORY (made empty by
+        the orchestrator) when it ends: a cell id's `=` and `,` must not reach virtme-ng's and
+        qemu's path options. While it runs, DIR/.running/<safe name>.owner names its process
+        group (nbdfork.campaign.orphans)."""
+        out = directory.parent.parent
+        work = running_dir(out, cell.id)  # this cell's own: an earlier attempt's leftovers
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
-            return await self._run(cell, work, on_line)
+            return await self._run(cell, work, on_line, out)
         finally:
-            shutil.rmtree(directory, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                directory.rmdir()  # the empty placeholder; anything in it stays (and fails here)
             work.rename(directory)
 
-    async def _run(self, cell: Cell, work: Path, on_line: OnLine | None) -> CellOutcome:
+    async def _run(self, cell: Cell, work: Path, on_line: OnLine | None, out: Path
+                   ) -> CellOutcome:  # fmt: skip
         started = time.monotonic()
         argv = resolve_argv(cell.argv, work)
         async with aiofiles.open(work / CELL_LOG, "w") as log:
@@ -164,23 +163,33 @@ class LocalExecutor:
             except OSError as exc:
                 return CellOutcome(None, f"cannot start {argv[0]}: {exc.strerror}",
                                    time.monotonic() - started, self.node, False)  # fmt: skip
-            last: list[str] = []
-            pumps = asyncio.gather(
-                _pump(proc.stdout, log, None, on_line), _pump(proc.stderr, log, last, None)
-            )
             try:
-                await asyncio.wait_for(proc.wait(), cell.timeout)
-            except TimeoutError:
-                await self._stop(proc, pumps)
-                return CellOutcome(None, f"timed out after {cell.timeout:g} s",
-                                   time.monotonic() - started, self.node, False)  # fmt: skip
-            except asyncio.CancelledError:
-                await self._stop(proc, pumps)  # what it says while stopping reaches cell.log
-                raise
-            await _drain(pumps)
+                record_owner(out, cell.id, proc.pid)
+                return await self._wait(cell, proc, log, on_line, started)
+            finally:
+                if proc.returncode is not None:  # its group is stopped or left on its own
+                    release_owner(out, cell.id)
+
+    async def _wait(self, cell: Cell, proc: asyncio.subprocess.Process, log: Any,
+                    on_line: OnLine | None, started: float) -> CellOutcome:  # fmt: skip
+        """Wait for the cell's process (its timeout), copying its output into `log`."""
+        last: list[str] = []
+        pumps = asyncio.gather(
+            _pump(proc.stdout, log, None, on_line), _pump(proc.stderr, log, last, None)
+        )
+        try:
+            await asyncio.wait_for(proc.wait(), cell.timeout)
+        except TimeoutError:
+            await self._stop(proc, pumps)
+            return CellOutcome(None, f"timed out after {cell.timeout:g} s",
+                               time.monotonic() - started, self.node, False)  # fmt: skip
+        except asyncio.CancelledError:
+            await self._stop(proc, pumps)  # what it says while stopping reaches cell.log
+            raise
+        await _drain(pumps)
         status = proc.returncode
         ok = status in cell.ok_statuses
-        error = None if ok else (last[0] if last else f"exit status {status}")
+        error = None if ok else (last[0][:ERROR_MAX] if last else f"exit status {status}")
         return CellOutcome(status, error, time.monotonic() - started, self.node, ok)
 
     async def _stop(self, proc: asyncio.subprocess.Process, pumps: asyncio.Future[Any]) -> None:
@@ -351,8 +360,7 @@ class RayExecutor:
             message = str(exc).strip().splitlines()
             return CellOutcome(None, f"ray: {message[-1] if message else type(exc).__name__}",
                                time.monotonic() - started, "?", False)  # fmt: skip
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
+        directory.mkdir(parents=True, exist_ok=True)  # the orchestrator's empty placeholder
         await asyncio.to_thread(_unpack, result["tar"], directory)
         return CellOutcome(result["exit_status"], result["error"], float(result["duration_s"]),
                            str(result["node"]), bool(result["ok"]))  # fmt: skip

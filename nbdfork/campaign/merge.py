@@ -26,8 +26,9 @@ import msgspec
 from nbdfork import __version__
 from nbdfork.campaign.journal import JournalState
 from nbdfork.campaign.orchestrator import Budget
+from nbdfork.campaign.paths import cell_dir
 from nbdfork.campaign.spec import CampaignSpec, Cell
-from nbdfork.errors import ReportError
+from nbdfork.errors import ConfigError, ReportError
 from nbdfork.experiments.crash.schema import load_crash_report
 from nbdfork.experiments.matrix.schema import load_report as load_run_report
 from nbdfork.experiments.model.schema import load_model_report
@@ -66,7 +67,7 @@ class CellRecord(Record, frozen=True, kw_only=True):
     """One cell in report.json."""
 
     id: str
-    kind: str  # run | crash | model (exec: tests and benchmarks)
+    kind: str  # run | crash | model (another: cells built in Python, by tests)
     status: CellStatus
     axes: dict[str, str]
     seed: int
@@ -238,9 +239,9 @@ def collect(directory: Path, report: CampaignReport) -> Collected:
         sampler = _SAMPLERS.get(cell.kind)
         if sampler is None or cell.status != "done":
             continue
-        try:
-            samples = sampler(cell, directory / cell.dir / "report.json")
-        except ReportError as exc:
+        try:  # read from the cell's own folder, whatever a tampered `dir` says
+            samples = sampler(cell, cell_dir(directory, cell.id) / "report.json")
+        except (ReportError, ConfigError) as exc:
             found.unreadable[cell.id] = str(exc)
             continue
         found.samples.setdefault(cell.kind, []).extend(samples)

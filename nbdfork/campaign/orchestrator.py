@@ -4,7 +4,13 @@
     DIR/journal.jsonl   one line per cell event (nbdfork.campaign.journal)
     DIR/cells/<id>/     each cell's --out: cell.log and the subcommand's report
     DIR/.running/<name> a running cell's --out (no `=` or `,` for qemu), moved to cells/<id>
+    DIR/.running/<name>.owner   the process group running it (nbdfork.campaign.orphans)
     DIR/previous/<id>/  the partial directory of a cell that is being run again
+
+Every cell path is made by nbdfork.campaign.paths (a cell id is one safe name, and the path is
+checked to be a direct child of its folder); a campaign moves or deletes only its cells' own
+folders. A campaign that was killed leaves its running cells' owner records: the next one in
+DIR stops those cells before it starts any (`reclaim`), so a cell never runs twice at once.
     DIR/report.json, report.md, *.png   the merged report (nbdfork.campaign.merge)
 
 asyncio is here because there is real concurrency to wait on: cell subprocesses (local) or Ray
@@ -23,16 +29,19 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from nbdfork.campaign.executors import RUNNING, CellOutcome, Executor
+from nbdfork.campaign.executors import ERROR_MAX, CellOutcome, Executor
 from nbdfork.campaign.journal import Journal, JournalState, read_journal
+from nbdfork.campaign.orphans import reclaim
+from nbdfork.campaign.paths import CELLS, PREVIOUS, RUNNING, cell_dir, previous_dir
 from nbdfork.campaign.spec import CampaignSpec, Cell
 from nbdfork.errors import ConfigError
 from nbdfork.files import write_json
+from nbdfork.inputs import read_bounded
 
 __all__ = [
     "CAMPAIGN_FILE",
@@ -47,8 +56,6 @@ __all__ = [
 
 CAMPAIGN_FILE = "campaign.json"
 CAMPAIGN_SCHEMA = "nbdfork.campaign-spec/1"
-CELLS = "cells"
-PREVIOUS = "previous"
 
 
 class Display(Protocol):
@@ -74,9 +81,12 @@ class Outcome:
 @contextlib.contextmanager
 def claim_directory(out: Path, spec: CampaignSpec, spec_path: Path, force: bool) -> Iterator[None]:
     """Lock DIR for this process and check (or record) the spec it belongs to."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CELLS).mkdir(exist_ok=True)
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CELLS).mkdir(exist_ok=True)
+        fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise ConfigError("--out", f"cannot use {out}: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -93,10 +103,13 @@ def _check_spec(out: Path, spec: CampaignSpec, spec_path: Path, force: bool) -> 
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     record: dict[str, Any] = {"created": now}
     if path.exists():
+        data = read_bounded(path, 1 << 20, lambda problem: ConfigError(str(path), problem))
         try:
-            record = json.loads(path.read_text())
-        except ValueError:
+            record = json.loads(data)
+        except (ValueError, RecursionError):
             raise ConfigError(str(path), "is not JSON: not a campaign directory?") from None
+        if not isinstance(record, dict):
+            raise ConfigError(str(path), "is not a campaign record: not a campaign directory?")
         if record.get("spec_hash") != spec.hash and not force:
             raise ConfigError(str(spec_path), f"differs from the spec {out} was started with "
                               f"({path}); use --force to run it there anyway")  # fmt: skip
@@ -115,12 +128,14 @@ def pending_cells(cells: Sequence[Cell], states: dict[str, JournalState]) -> lis
 
 
 def _set_aside(out: Path, cell: Cell) -> Path:
-    """An empty DIR/cells/<id>/; a partial one from an earlier attempt goes to previous/."""
-    directory = out / CELLS / cell.id
-    if directory.exists():
-        aside = out / PREVIOUS / cell.id
-        shutil.rmtree(aside, ignore_errors=True)
-        aside.parent.mkdir(exist_ok=True)
+    """An empty DIR/cells/<id>/; a partial one from an earlier attempt goes to
+    previous/<id>/, replacing the attempt before it (both this cell's own)."""
+    directory = cell_dir(out, cell.id)
+    if os.path.lexists(directory):
+        (out / PREVIOUS).mkdir(exist_ok=True)
+        aside = previous_dir(out, cell.id)
+        if aside.is_dir():
+            shutil.rmtree(aside)
         directory.rename(aside)
     directory.mkdir(parents=True)
     return directory
@@ -142,8 +157,9 @@ async def _run_one(
     except Exception as exc:  # the executor itself broke (unpacking, a full disk)
         outcome = CellOutcome(None, f"{type(exc).__name__}: {exc}", 0.0, "?", False)
     event = "done" if outcome.ok else "failed"
+    error = None if outcome.error is None else outcome.error[:ERROR_MAX]  # any executor's
     journal.append(cell.id, event, **common, exit_status=outcome.exit_status,
-                   error=outcome.error, duration_s=round(outcome.duration_s, 3),
+                   error=error, duration_s=round(outcome.duration_s, 3),
                    node=outcome.node)  # fmt: skip
     display.finished(cell, event, outcome)
 
@@ -215,11 +231,13 @@ async def _run_all(
 
 def run_cells(
     spec: CampaignSpec, out: Path, executor: Executor, jobs: int, display: Display, *,
-    budget: Budget | None = None,
+    budget: Budget | None = None, grace: float = 30.0, say: Callable[[str], None] = print,
 ) -> Outcome:  # fmt: skip
     """Run the cells of `spec` that the journal of `out` does not have as `done`, at most
-    `jobs` at once and (local executor) packed into `budget`."""
+    `jobs` at once and (local executor) packed into `budget`; first stop the cells a killed
+    campaign left running in `out` (`say` tells which, `grace` seconds after SIGTERM)."""
     started = time.monotonic()
+    reclaim(out, grace, say)
     todo = pending_cells(spec.cells, read_journal(out))
     journal = Journal(out)
     try:

@@ -1,9 +1,11 @@
 """A campaign spec (TOML) and its expansion into cells.
 
-A spec names the kind of each group of cells (`run`, `crash`, `model`) and its axes; every
-combination of axis values is one cell, which runs one `nbdfork KIND ... --out CELLDIR`
-subprocess. The reserved axis `seed` is the repetition (`seeds = N` is `axes.seed = [0..N-1]`);
-each cell's own seed is derived from the campaign seed and the cell id, so adding a cell never
+A spec names the kind of each group of cells (`run`, `crash`, `model`: nothing else) and its
+axes; every combination of axis values is one cell, which runs one `nbdfork KIND ... --out
+CELLDIR` subprocess. A spec is bounded before it is expanded: its cells are counted first (more
+than MAX_CELLS is refused unless the caller allows more), every number is finite and bounded.
+The reserved axis `seed` is the repetition (`seeds = N` is `axes.seed = [0..N-1]`); each
+cell's own seed is derived from the campaign seed and the cell id, so adding a cell never
 changes another cell's seed.
 
     [campaign]
@@ -29,20 +31,22 @@ import hashlib
 import itertools
 import json
 import math
-import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nbdfork.campaign.paths import cell_id, validate_cell_id, validate_name
 from nbdfork.errors import ConfigError
 from nbdfork.experiments import experiment, registry
+from nbdfork.inputs import read_bounded
 from nbdfork.options import check_setting, flag_name
 from nbdfork.seeds import derive_seed
 
 __all__ = [
-    "EXEC",
+    "MAX_CELLS",
+    "MAX_TIMEOUT",
     "OUT",
     "Cell",
     "CampaignSpec",
@@ -52,8 +56,12 @@ __all__ = [
     "parse_spec",
 ]
 
-EXEC = "exec"
-"""The hidden cell kind that runs an argv from the spec (tests and benchmarks only)."""
+MAX_CELLS = 10_000
+"""The most cells a spec may expand to unless the caller allows more (`--max-cells N`)."""
+MAX_TIMEOUT = 7 * 24 * 3600.0
+"""The longest `timeout` of a cell: a week, in seconds."""
+MAX_SPEC_BYTES = 1 << 20
+"""The largest spec file read."""
 OUT = "{out}"
 """Placeholder in a cell's argv for its result directory (local, or a worker's temp dir)."""
 NBDFORK = "nbdfork"
@@ -62,7 +70,6 @@ NBDFORK = "nbdfork"
 _RESERVED = {"out": "set by the campaign", "seed": "derived per cell (use the `seed` axis)",
              "seeds": "one seed per cell (use `seeds = N` in the [[cells]] table)"}
 _GROUP_KEYS = {"kind", "name", "axes", "options", "seeds", "timeout", "resources"}
-_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._,:+=@%-]")
 _RAY_OWN = ("CPU", "GPU", "memory", "object_store_memory")  # built-in, not custom resources
 _RAY_UNIT = 1e-4  # the smallest amount of a resource Ray schedules
 GiB = 1 << 30
@@ -70,7 +77,10 @@ GiB = 1 << 30
 
 @dataclass(frozen=True, slots=True)
 class Cell:
-    """One subprocess of the campaign: its id, axes, derived seed and argv."""
+    """One subprocess of the campaign: its id, axes, derived seed and argv. The id is a safe
+    path component (nbdfork.campaign.paths), checked when the Cell is made. A spec makes cells
+    of the experiments' kinds only; a Cell of another kind (built in Python, e.g. by tests)
+    takes 1 CPU and 512 MiB."""
 
     id: str
     kind: str
@@ -83,15 +93,20 @@ class Cell:
     # so not part of its key. The local executor runs every cell here and ignores them.
     resources: Mapping[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        validate_cell_id(self.id)
+
     @property
     def cpus(self) -> int:
         """CPUs a cell occupies: a VM cell boots a 2-vCPU guest."""
-        return 1 if self.kind == EXEC else experiment(self.kind).cpus
+        known = registry().get(self.kind)
+        return known.cpus if known else 1
 
     @property
     def memory(self) -> int:
         """Bytes a cell needs (the VM's 2 GiB guest plus nbdkit and qemu)."""
-        return GiB // 2 if self.kind == EXEC else experiment(self.kind).memory
+        known = registry().get(self.kind)
+        return known.memory if known else GiB // 2
 
     @property
     def key(self) -> str:
@@ -111,44 +126,64 @@ class CampaignSpec:
     source: str  # the spec as parsed, canonical JSON (stored in campaign.json)
 
 
-def load_spec(path: Path) -> CampaignSpec:
-    """Read and expand the spec at `path`; a problem is one ConfigError naming the key."""
+def load_spec(path: Path, max_cells: int = MAX_CELLS) -> CampaignSpec:
+    """Read (a regular file of at most 1 MiB) and expand the spec at `path`; a problem is one
+    ConfigError naming the key."""
+    data = read_bounded(path, MAX_SPEC_BYTES, lambda problem: ConfigError(str(path), problem))
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(str(path), exc.strerror or str(exc)) from None
-    return parse_spec(text, str(path))
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start})") from None
+    return parse_spec(text, str(path), max_cells=max_cells)
 
 
-def parse_spec(text: str, where: str = "spec") -> CampaignSpec:
-    """Parse and expand TOML `text`; a problem is one ConfigError naming the key."""
+def parse_spec(text: str, where: str = "spec", *, max_cells: int = MAX_CELLS) -> CampaignSpec:
+    """Parse and expand TOML `text` into at most `max_cells` cells (counted before they are
+    made); a problem is one ConfigError naming the key."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise ConfigError(where, f"not TOML: {exc}") from None
     _only(data, {"campaign", "cells"}, "")
     head = _table(data.get("campaign", {}), "campaign")
     _only(head, {"name", "seed"}, "campaign.")
     name = head.get("name", "campaign")
     seed = head.get("seed", 0)
-    if not isinstance(name, str) or not name:
-        raise ConfigError("campaign.name", "must be a non-empty string")
+    if not isinstance(name, str) or not name.isprintable() or not 0 < len(name) <= 200:
+        raise ConfigError("campaign.name", "must be a string of 1 to 200 printable characters")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 63:
         raise ConfigError("campaign.seed", f"{seed!r} must be an integer from 0 to 2**63-1")
     groups = data.get("cells")
     if not isinstance(groups, list) or not groups:
         raise ConfigError("cells", "at least one [[cells]] table is required")
+    tables = [_table(group, f"cells[{index}]") for index, group in enumerate(groups)]
+    _check_count(tables, max_cells)
     cells: list[Cell] = []
-    for index, group in enumerate(groups):
-        cells += _expand(_table(group, f"cells[{index}]"), index, seed)
+    for index, group in enumerate(tables):
+        cells += _expand(group, index, seed)
     seen: set[str] = set()
     for cell in cells:
         if cell.id in seen:
             raise ConfigError("cells", f"two cells have the id {cell.id!r} (give a group a name)")
         seen.add(cell.id)
-    source = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    try:
+        source = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # every number was checked: a non-finite one in a place nothing reads
+        raise ConfigError(where, "holds a number that is not finite (nan or inf)") from None
     digest = hashlib.sha256(source.encode()).hexdigest()
     return CampaignSpec(name, seed, tuple(cells), digest, source)
+
+
+def _check_count(groups: Sequence[Mapping[str, Any]], max_cells: int) -> None:
+    """Refuse a spec of more than `max_cells` cells, counted from its axes without making one."""
+    total = 0
+    for index, group in enumerate(groups):
+        where = f"cells[{index}]"
+        _only(group, _GROUP_KEYS, f"{where}.")
+        total += math.prod(len(values) for values in _axes(group, where).values())
+        if total > max_cells:
+            raise ConfigError("cells", f"the spec makes {total:,} cells or more, over the "
+                              f"maximum of {max_cells:,} (--max-cells N allows more)")  # fmt: skip
 
 
 def _table(value: object, key: str) -> dict[str, Any]:
@@ -211,14 +246,17 @@ def _expand(group: Mapping[str, Any], index: int, campaign_seed: int) -> list[Ce
     where = f"cells[{index}]"
     _only(group, _GROUP_KEYS, f"{where}.")
     kind = group.get("kind")
-    if kind != EXEC and kind not in registry():
-        raise ConfigError(f"{where}.kind", f"{kind!r} is not one of {', '.join(registry())}")
-    prefix = group.get("name", kind)
-    if not isinstance(prefix, str) or not prefix or _ID_UNSAFE.search(prefix):
-        raise ConfigError(f"{where}.name", f"{prefix!r} must be a short name ([A-Za-z0-9._-])")
+    if not isinstance(kind, str) or kind not in registry():
+        shown = repr(kind)[:40]
+        raise ConfigError(f"{where}.kind", f"{shown} is not one of {', '.join(registry())}")
+    prefix = validate_name(group.get("name", kind), f"{where}.name")
     timeout = group.get("timeout")
-    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-        raise ConfigError(f"{where}.timeout", f"{timeout!r} must be a positive number of seconds")
+    if timeout is not None and (
+        not isinstance(timeout, int | float) or isinstance(timeout, bool)
+        or not 0 < timeout <= MAX_TIMEOUT  # NaN fails both
+    ):  # fmt: skip
+        raise ConfigError(f"{where}.timeout", f"{timeout!r} must be a number of seconds in "
+                          f"(0, {MAX_TIMEOUT:.0f}] (a week)")  # fmt: skip
     axes = _axes(group, where)
     resources = _validate_resources(group.get("resources", {}), f"{where}.resources")
     options = _table(group.get("options", {}), f"{where}.options")
@@ -227,11 +265,10 @@ def _expand(group: Mapping[str, Any], index: int, campaign_seed: int) -> list[Ce
         raise ConfigError(f"{where}.options.{overlap[0]}", "is also an axis")
     order = sorted(a for a in axes if a != "seed") + (["seed"] if "seed" in axes else [])
     _check_options(kind, {**dict.fromkeys(order), **options}, where)
-    if kind != EXEC:
-        known = experiment(kind).options_by_name
-        for axis in (a for a in order if a != "seed"):
-            for value in axes[axis]:
-                check_setting(known, axis, value, f"{where}.axes.{axis}")
+    known = experiment(kind).options_by_name
+    for axis in (a for a in order if a != "seed"):  # each value by the option's own parser
+        for value in axes[axis]:
+            check_setting(known, axis, value, f"{where}.axes.{axis}")
     cells = []
     # Seeds vary slowest: every setting gets its first seed before any gets its second.
     outer = axes.get("seed", [None])
@@ -251,26 +288,17 @@ def _cell(
     campaign_seed: int, timeout: float | None, resources: Mapping[str, float], where: str,
 ) -> Cell:  # fmt: skip
     shown = {a: _scalar(v, f"{where}.axes.{a}") for a, v in values.items()}
-    parts = [f"{a}={_ID_UNSAFE.sub('_', v)}" for a, v in shown.items()]
-    cell_id = "-".join([prefix, *parts])
-    seed = derive_seed(campaign_seed, cell_id)
+    name = cell_id(prefix, list(shown.items()))
+    seed = derive_seed(campaign_seed, name)
     settings = {a: v for a, v in values.items() if a != "seed"} | dict(options)
-    argv = _argv(kind, settings, seed=seed, cell_id=cell_id, shown=shown, where=where)
-    ok = (0,) if kind == EXEC else experiment(kind).ok_statuses
-    return Cell(cell_id, kind, shown, seed, argv, ok,
+    argv = _argv(kind, settings, seed=seed, where=where)
+    return Cell(name, kind, shown, seed, argv, experiment(kind).ok_statuses,
                 None if timeout is None else float(timeout), resources)  # fmt: skip
 
 
-def _argv(
-    kind: str, settings: Mapping[str, object], *, seed: int, cell_id: str,
-    shown: Mapping[str, str], where: str,
-) -> tuple[str, ...]:  # fmt: skip
-    if kind == "exec":
-        argv = settings.get("argv")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise ConfigError(f"{where}.options.argv", "must be a non-empty list of strings")
-        fields = {**shown, "seed": str(seed), "cell": cell_id, "out": OUT}
-        return tuple(a.format_map(fields) for a in argv)
+def _argv(kind: str, settings: Mapping[str, object], *, seed: int, where: str
+          ) -> tuple[str, ...]:  # fmt: skip
+    """`nbdfork KIND --option value ... --seed N --out OUT`: the only argv a spec makes."""
     argv = [NBDFORK, kind]
     for key, value in settings.items():
         flag = "--" + key.replace("_", "-")
@@ -288,11 +316,6 @@ def _argv(
 def _check_options(kind: str, settings: Mapping[str, Any], where: str) -> None:
     """Every axis and option must be an option of the experiment `kind` that a campaign may
     set, and every value must pass that option's own parser."""
-    if kind == EXEC:
-        extra = [k for k, v in settings.items() if v is not None and k != "argv"]
-        if extra:
-            raise ConfigError(f"{where}.options.{extra[0]}", "unknown key (allowed: argv)")
-        return
     options = experiment(kind).options_by_name
     for key, value in settings.items():
         name = f"{where}.options.{key}" if value is not None else f"{where}.axes.{key}"

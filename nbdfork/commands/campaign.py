@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -24,9 +25,10 @@ from nbdfork.campaign.executors import (
 from nbdfork.campaign.journal import read_journal
 from nbdfork.campaign.merge import build_report, load_report, render, write_report
 from nbdfork.campaign.orchestrator import Budget, claim_directory, run_cells
-from nbdfork.campaign.spec import Cell, example_kinds, example_spec, load_spec
+from nbdfork.campaign.spec import MAX_CELLS, Cell, example_kinds, example_spec, load_spec
 from nbdfork.config import parse_size
 from nbdfork.errors import ConfigError
+from nbdfork.options import check_out_dir, parse_bounded_float, parse_bounded_int
 
 __all__ = ["register"]
 
@@ -40,7 +42,12 @@ examples:
 
 exit status: 0 when every cell is done (violations found are results), 1 when a cell failed,
 2 on a bad spec, 130 when interrupted (rerun to resume).
+
+bounds: at most --max-cells cells (default 10,000, counted before any is made); --jobs and
+--cpus from 1 to 4096; a spec's timeout in (0, 604800] s (docs/parameters.md).
 """
+MAX_JOBS = 4096
+MAX_CELLS_LIMIT = 10_000_000
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,9 +63,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = actions.add_parser("run", help="run (or resume) the cells of SPEC into DIR")
     run.add_argument("spec", type=Path, metavar="SPEC.toml")
     run.add_argument("--out", type=Path, required=True, metavar="DIR", help="campaign directory")
-    run.add_argument("--jobs", type=int, metavar="N",
+    run.add_argument("--jobs", metavar="N",
                      help="cells at once (default: from cores and memory; ray: every cell)")
-    run.add_argument("--cpus", type=int, metavar="N",
+    run.add_argument("--cpus", metavar="N",
                      help="local: CPUs to pack cells into (a VM cell takes 2, others 1; "
                      "default: this machine's cores)")
     run.add_argument("--memory", metavar="SIZE",
@@ -69,7 +76,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="Ray cluster address (default: a private local Ray runtime)")
     run.add_argument("--force", action="store_true",
                      help="run a changed spec in DIR (done cells whose argv is unchanged stay)")
-    run.add_argument("--grace", type=float, default=GRACE, help=argparse.SUPPRESS)
+    run.add_argument("--max-cells", metavar="N", default=str(MAX_CELLS),
+                     help=f"refuse a spec of more cells than this (default {MAX_CELLS:,})")
+    run.add_argument("--grace", default=str(GRACE), help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
     example = actions.add_parser("example", help="print a runnable example spec (TOML)")
     example.add_argument("kind", choices=example_kinds())
@@ -128,14 +137,14 @@ class _Display:
                                      f"{outcome.node}){detail}", highlight=False)  # fmt: skip
 
 
-def _executor(args: argparse.Namespace) -> Executor:
+def _executor(args: argparse.Namespace, grace: float) -> Executor:
     if args.executor == "ray":
         from nbdfork.campaign.executors import RayExecutor  # noqa: PLC0415
 
         return RayExecutor(args.address)
     if args.address:
         raise ConfigError("--address", "is for --executor ray")
-    return LocalExecutor(grace=args.grace)
+    return LocalExecutor(grace=grace)
 
 
 def _budget(args: argparse.Namespace) -> Budget | None:
@@ -145,37 +154,50 @@ def _budget(args: argparse.Namespace) -> Budget | None:
             if value is not None:
                 raise ConfigError(option, "is for the local executor (Ray sizes its tasks)")
         return None
-    if args.cpus is not None and args.cpus < 1:
-        raise ConfigError("--cpus", f"{args.cpus} must be at least 1")
+    cpus = _count("--cpus", args.cpus)
+    if args.memory is not None and len(args.memory) > 30:
+        raise ConfigError("--memory", f"{args.memory[:30]!r}... is not a size")
     memory = parse_size("--memory", args.memory) if args.memory is not None else None
     if memory is not None and memory < 1:
         raise ConfigError("--memory", f"{args.memory!r} must be more than 0")
-    return Budget(cpus=args.cpus or os.cpu_count() or 1,
+    return Budget(cpus=cpus or os.cpu_count() or 1,
                   memory=memory or int(0.9 * memory_bytes()))  # fmt: skip
 
 
+def _count(option: str, text: str | None) -> int | None:
+    """--jobs or --cpus: an integer from 1 to MAX_JOBS, or None when not given."""
+    return None if text is None else int(parse_bounded_int(1, MAX_JOBS)(option, text))
+
+
+def _warn(line: str) -> None:
+    print(f"nbdfork campaign: warning: {line}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError("--jobs", f"{args.jobs} must be at least 1")
+    max_cells = parse_bounded_int(1, MAX_CELLS_LIMIT)("--max-cells", args.max_cells)
+    grace = parse_bounded_float(0, 3600, low_open=False)("--grace", args.grace)
+    given_jobs = _count("--jobs", args.jobs)
     budget = _budget(args)
+    check_out_dir("--out", args.out)
+    spec = load_spec(args.spec, max_cells=max_cells)
     console = Console(stderr=True)
     with claim_directory(args.out, spec, args.spec, args.force):
-        jobs = args.jobs or (len(spec.cells) if args.executor == "ray"
-                             else default_jobs(spec.cells))  # fmt: skip
-        executor = _executor(args)
+        jobs = given_jobs or min(MAX_JOBS, len(spec.cells) if args.executor == "ray"
+                                 else default_jobs(spec.cells))  # fmt: skip
+        states = read_journal(args.out, on_skip=_warn)  # a bad journal: before anything runs
+        executor = _executor(args, grace)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())  # fmt: skip
         console.print(f"nbdfork campaign {spec.name}: {len(spec.cells)} cells, {jobs} at once "
                       f"({executor.name}), results in {args.out}", highlight=False,
                       soft_wrap=True)  # fmt: skip
         with Progress(*columns, console=console, transient=True) as progress:
-            states = read_journal(args.out)
             display = _Display(progress, len(spec.cells))
             progress.update(display._task, completed=sum(
                 1 for c in spec.cells
                 if (s := states.get(c.id)) and s.event == "done" and s.key == c.key))  # fmt: skip
-            outcome = run_cells(spec, args.out, executor, jobs, display, budget=budget)
+            outcome = run_cells(spec, args.out, executor, jobs, display, budget=budget,
+                                grace=grace, say=_warn)  # fmt: skip
         report = build_report(spec, read_journal(args.out), executor.name, jobs, outcome.wall_s,
                               budget=budget)
         paths = write_report(args.out, report)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from nbdfork.harness.fetch import PrivateApt, cache_root, cached_kernels, fetch_series
 from nbdfork.harness.kernel import installed_kernels
+from nbdfork.options import check_out_dir
 
 __all__ = ["register"]
 
@@ -40,7 +41,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    root: Path = args.cache or cache_root()
+    root: Path = check_out_dir("--cache" if args.cache else "NBDFORK_KERNEL_CACHE",
+                               args.cache or cache_root())  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     apt = PrivateApt(root)
     apt.update()  # once for all series: the signed indexes of bookworm, trixie and sid

@@ -4,6 +4,8 @@ Each report (run, crash, model, campaign) is one tree of `msgspec.Struct`s: the 
 it and `write_json` encodes it; `read_json` decodes and validates a file into the same types.
 A bad file is one `ReportError` naming the file and the field (`report.json: runs[1].torn:
 expected int >= 0`); a report of another kind or version is refused by its `schema` first.
+Every file is read through nbdfork.inputs: a FIFO, a device, a file over 64 MiB or JSON nested
+over 64 deep is one ReportError before anything is decoded.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import msgspec.inspect as mi
 
 from nbdfork.errors import ReportError
 from nbdfork.files import encode_json, write_atomic
+from nbdfork.inputs import MAX_JSON_BYTES, check_depth, read_bounded
 
 __all__ = [
     "REPORT_FILE",
     "Record",
     "allowed_values",
     "encode",
+    "read_bytes",
     "read_json",
     "report_file",
     "schema_of",
@@ -115,11 +119,15 @@ def report_file(path: Path) -> Path:
     return path / REPORT_FILE if path.is_dir() else path
 
 
-def _read_bytes(source: Path) -> bytes:
-    try:
-        return source.read_bytes()
-    except OSError as exc:
-        raise ReportError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+def read_bytes(source: Path) -> bytes:
+    """The report file's bytes: a regular file of at most 64 MiB, nested at most 64 deep."""
+
+    def fail(problem: str) -> ReportError:
+        return ReportError(f"{source}: {problem}")
+
+    data = read_bounded(source, MAX_JSON_BYTES, fail)
+    check_depth(data, fail)
+    return data
 
 
 def _not_json(source: Path, data: bytes, exc: msgspec.DecodeError) -> ReportError:
@@ -142,13 +150,13 @@ def _declared(source: Path, data: bytes) -> str:
 def schema_of(path: Path) -> str:
     """The `schema` a report file declares (so a reader can pick its type)."""
     source = report_file(path)
-    return _declared(source, _read_bytes(source))
+    return _declared(source, read_bytes(source))
 
 
 def read_json(path: Path, kind: type[T], schema: str) -> T:
     """Read `path` (or its report.json) as `kind`, whose `schema` must be `schema`."""
     source = report_file(path)
-    data = _read_bytes(source)
+    data = read_bytes(source)
     found = _declared(source, data)
     if found != schema:
         raise ReportError(f"{source}: schema: unknown schema {found!r}; this reads {schema!r}")
@@ -156,6 +164,8 @@ def read_json(path: Path, kind: type[T], schema: str) -> T:
         return msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as exc:
         raise validation_error(source, exc, kind) from None
+    except msgspec.DecodeError as exc:  # past `schema`: bytes the schema check skipped
+        raise _not_json(source, data, exc) from None
 
 
 def encode(value: Any) -> bytes:

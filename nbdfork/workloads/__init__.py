@@ -17,7 +17,11 @@ from nbdfork.workloads.base import (
     WorkloadSkipped,
 )
 from nbdfork.workloads.mmap_store import MmapWorkload
-from nbdfork.workloads.odirect import OdirectInflightWorkload, OdirectWorkload
+from nbdfork.workloads.odirect import (
+    OdirectChurnWorkload,
+    OdirectInflightWorkload,
+    OdirectWorkload,
+)
 from nbdfork.workloads.pwrite import PwriteWorkload
 
 __all__ = [
@@ -35,7 +39,8 @@ __all__ = [
 WORKLOADS: dict[str, type[Workload]] = {
     cls.name: cls
     for cls in (
-        PwriteWorkload, MmapWorkload, OdirectWorkload, OdirectInflightWorkload, AtomicWorkload
+        PwriteWorkload, MmapWorkload, OdirectWorkload, OdirectInflightWorkload,
+        OdirectChurnWorkload, AtomicWorkload,
     )
 }
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 import threading
 import time
 
 from nbdfork.workloads.base import PAGE_SIZE, Target, Workload
 
-__all__ = ["OdirectInflightWorkload", "OdirectWorkload"]
+__all__ = ["OdirectChurnWorkload", "OdirectInflightWorkload", "OdirectWorkload"]
 
 _FLIP_PAUSE_S = 0.0002
 _NS = 1_000_000_000
@@ -151,3 +152,42 @@ class OdirectInflightWorkload(OdirectWorkload):
 
     name = "odirect_inflight"
     mutate_after_s = 0.0015
+
+
+_SECTOR = 512
+_CHURN_AT = 40  # byte of each sector the counter goes to: the stamp's first fill word
+_CHURN_YIELD = 8  # counter rounds between two GIL hand-overs
+
+
+class OdirectChurnWorkload(OdirectWorkload):
+    """`odirect` whose buffer never holds one version while the I/O is in the kernel: the
+    mutator writes a fresh counter into every 512-byte sector, again and again, until the
+    syscall returns. A layer that checksums, mirrors or computes parity from the buffer at one
+    instant and a device copy taken at another then see different bytes (the stamp's tags stay
+    whole: the device's oracle sees a page whose crc fails, located at the counter).
+
+    `odirect` only swaps two whole versions, so a checksum and a copy usually both catch the
+    same one; churn is what makes btrfs (6.1) write data whose own checksum fails."""
+
+    name = "odirect_churn"
+
+    def _mutate(self, target: Target) -> None:
+        x = target.extra
+        counter = 0
+        while not self._stop.is_set():
+            if not x["inflight"].wait(0.05):
+                continue
+            buf, started, first = x["buf"], x["started_ns"], True
+            while x["inflight"].is_set() and x["started_ns"] == started:
+                counter += 1
+                for offset in range(_CHURN_AT, PAGE_SIZE, _SECTOR):
+                    struct.pack_into("<Q", buf, offset, counter)
+                x["mutations"] += 1
+                if first:
+                    first = False
+                    x["mutated_ios"] += 1
+                    if len(x["first_change_ns"]) < _MAX_TIMES:
+                        x["first_change_ns"].append(time.perf_counter_ns() - started)
+                if counter % _CHURN_YIELD == 0:
+                    time.sleep(0)
+            x["idle"].wait(0.5)

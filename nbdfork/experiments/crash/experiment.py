@@ -11,7 +11,7 @@ from nbdfork.options import (
     parse_bounded_float,
     parse_bounded_int,
     parse_choice,
-    parse_path,
+    parse_out_dir,
 )
 from nbdfork.seeds import SEED_LIMIT
 
@@ -50,7 +50,7 @@ OPTIONS: tuple[Option, ...] = (
            parse=parse_choice(("fsync", "atomic")), default="fsync"),
     Option("device_location", "run the traced device on the host (default) or in the guest",
            parse=parse_choice(("host", "guest")), default="host"),
-    Option("out", "results directory (default results/crash)", parse=parse_path,
+    Option("out", "results directory (default results/crash)", parse=parse_out_dir,
            default=Path("results/crash"), campaign=False),
     Option("fail_on_violation", "exit 1 when any state fails", kind="flag"),
 )  # fmt: skip

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from nbdfork.errors import ReportError
-from nbdfork.report.codec import Record, read_json, write_json
+from nbdfork.report.codec import Record, read_bytes, read_json, write_json
 from nbdfork.report.measures import Count
 
 __all__ = [
@@ -126,9 +126,10 @@ def load_states(path: Path) -> tuple[StateRow, ...] | None:
     a ReportError naming the file when they cannot be read."""
     if not path.exists():
         return None
+    data = read_bytes(path)  # bounded: never a FIFO, never endless or too deep
     try:
-        return msgspec.json.decode(path.read_bytes(), type=tuple[StateRow, ...])
-    except (OSError, msgspec.MsgspecError) as exc:
+        return msgspec.json.decode(data, type=tuple[StateRow, ...])
+    except msgspec.MsgspecError as exc:
         raise ReportError(f"{path}: the guest's states are not readable: {exc}") from None
 
 

@@ -15,6 +15,7 @@ from nbdfork.options import (
     parse_bounded_float,
     parse_bounded_int,
     parse_choice,
+    parse_out_dir,
     parse_path,
 )
 from nbdfork.seeds import SEED_LIMIT
@@ -121,7 +122,7 @@ OPTIONS: tuple[Option, ...] = (
            parse=parse_bounded_float(0, 3600), default=10.0, metavar="N"),
     Option("seed", "seed of every random choice (default: a fresh one, recorded)",
            parse=parse_bounded_int(0, SEED_LIMIT - 1), campaign=False),
-    Option("out", "results directory (default: results/run-YYYYmmdd-HHMMSS)", parse=parse_path,
+    Option("out", "results directory (default: results/run-YYYYmmdd-HHMMSS)", parse=parse_out_dir,
            campaign=False),
     Option("device", "plugin parameter, repeatable (default: size=512M write-latency=2ms)",
            parse=_pair, kind="repeat", metavar="KEY=VALUE"),

@@ -13,7 +13,9 @@ from nbdfork.experiments.matrix.schema import RunResult
 
 __all__ = ["findings", "ordered", "p99_stall_ratio", "workloads"]
 
-_WORKLOAD_ORDER = ("pwrite", "mmap", "odirect", "odirect_inflight", "atomic", "fio")
+_WORKLOAD_ORDER = (
+    "pwrite", "mmap", "odirect", "odirect_inflight", "odirect_churn", "atomic", "fio",
+)  # fmt: skip
 
 
 def ordered(items: Iterable[str]) -> list[str]:

@@ -44,7 +44,9 @@ __all__ = [
 
 SCHEMA = "nbdfork.run/1"
 
-Workload = Literal["pwrite", "mmap", "odirect", "odirect_inflight", "atomic", "fio"]
+Workload = Literal[
+    "pwrite", "mmap", "odirect", "odirect_inflight", "odirect_churn", "atomic", "fio"
+]
 
 
 class Durations(Record, frozen=True, kw_only=True):

@@ -22,6 +22,7 @@ from nbdfork.experiments.matrix.plan import Plan, RunSpec
 from nbdfork.experiments.matrix.record import RunRecord
 from nbdfork.experiments.stacks import (
     BuildPlan,
+    StackChecks,
     StackError,
     build,
     make_filesystem,
@@ -97,7 +98,7 @@ class StackRun:
             self.mounted = False
         if self.build is not None and self.built:
             if record.status == "ok":
-                record.checks = run_checks(self.build, log)
+                record.checks = self._checks(log)
                 log(f"checks: {msgspec.to_builtins(record.checks)}")
             failed = teardown(self.build, log)
             if failed:
@@ -107,6 +108,16 @@ class StackRun:
             if problem:
                 return problem
         return None
+
+    def _checks(self, log: Log) -> StackChecks:
+        """Every layer's checker; one that breaks is an error in the result, never the end
+        of the plan (the stack must still be torn down and the next run run)."""
+        assert self.build is not None
+        try:
+            return run_checks(self.build, log)
+        except Exception as exc:
+            log(f"checks failed: {type(exc).__name__}: {exc}")
+            return StackChecks(errors=[f"checks: {type(exc).__name__}: {exc}"])
 
     def _connect(self, index: int, device: str, log: Log) -> None:
         for attempt in range(1, CONNECTS_PER_RUN + 1):

@@ -9,7 +9,14 @@ from nbdfork.experiments.model.policy import Policy, parse_policies
 from nbdfork.experiments.model.writeback import WritebackTuning
 from nbdfork.experiments.model.writer import Workload
 from nbdfork.harness.experiment import Experiment, ReportKind
-from nbdfork.options import Option, Parser, parse_bounded_float, parse_bounded_int, parse_path
+from nbdfork.options import (
+    Option,
+    Parser,
+    parse_bounded_float,
+    parse_bounded_int,
+    parse_out_dir,
+    parse_path,
+)
 from nbdfork.seeds import SEED_LIMIT
 
 __all__ = ["EXPERIMENT", "OPTIONS"]
@@ -74,7 +81,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("compare", "a real-kernel report (`nbdfork run` DIR/report.json) to set beside the "
            "none/stable rows", parse=parse_path, metavar="DIR"),
     Option("out", "where report.json, report.md, plots and runs/ go (required)",
-           parse=parse_path, metavar="DIR", campaign=False, required=True),
+           parse=parse_out_dir, metavar="DIR", campaign=False, required=True),
 )  # fmt: skip
 
 EXPERIMENT = Experiment(

@@ -68,14 +68,16 @@ class MdCheckResult(msgspec.Struct, frozen=True):
 class IntegrityResult(msgspec.Struct, frozen=True):
     """Every 4 KiB block of the dm-integrity device read back with O_DIRECT.
 
-    `integrity_errors` counts blocks that failed with EIO; `kernel_mismatches` is the target's
-    own counter (`dmsetup status`, cumulative since activation); `kernel_lines` are the
-    kernel's messages about it during the read-back (first `lines_kept`)."""
+    `integrity_errors` counts blocks the target refused to read (`failed_with`: per errno,
+    EILSEQ for a checksum mismatch); `kernel_mismatches` is the target's own counter
+    (`dmsetup status`, cumulative since activation); `kernel_lines` are the kernel's messages
+    about integrity during the read-back (the first 50 of `kernel_lines_total`)."""
 
     device: str
     mode: str
     blocks: int
     integrity_errors: int
+    failed_with: dict[str, int]
     kernel_mismatches: int
     kernel_lines: list[str]
     kernel_lines_total: int
