@@ -56,8 +56,11 @@ def terminate(proc: subprocess.Popen[Any], grace: float) -> None:
             proc.wait(timeout=5.0)
 
 
-def run_step(log: Callable[[str], None], step: str, argv: Sequence[str], timeout: float) -> str:
-    """Run `argv` with a timeout; its output goes to the log; StepError if it fails."""
+def run_command(
+    log: Callable[[str], None], step: str, argv: Sequence[str], timeout: float
+) -> tuple[int, str]:
+    """Run `argv` (stdout and stderr merged) with a timeout, its output to the log; (exit
+    status, output). StepError only if it cannot start or does not finish in time."""
     started = time.monotonic()
     log(f"$ {' '.join(argv)}")
     try:
@@ -79,9 +82,15 @@ def run_step(log: Callable[[str], None], step: str, argv: Sequence[str], timeout
     for line in output.splitlines():
         log(f"  | {line}")
     log(f"  -> exit {proc.returncode} in {time.monotonic() - started:.2f} s")
-    if proc.returncode != 0:
+    return proc.returncode, output
+
+
+def run_step(log: Callable[[str], None], step: str, argv: Sequence[str], timeout: float) -> str:
+    """Run `argv` with a timeout; its output goes to the log; StepError if it fails."""
+    code, output = run_command(log, step, argv, timeout)
+    if code != 0:
         tail = output.strip().splitlines()[-1:] or [""]
-        raise StepError(step, f"{argv[0]} exited {proc.returncode}: {tail[0][:200]}")
+        raise StepError(step, f"{argv[0]} exited {code}: {tail[0][:200]}")
     return output
 
 

@@ -7,7 +7,6 @@ a timeout; a failing step raises StackError naming the step.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import msgspec
 from nbdfork.errors import VMError
 from nbdfork.experiments.stacks.plan import Action, BuildPlan, Run, SysfsWrite
 from nbdfork.experiments.stacks.results import LayerReport
+from nbdfork.harness.steps import StepError, run_command
 
 __all__ = [
     "BuiltStack",
@@ -50,26 +50,11 @@ class BuiltStack(msgspec.Struct, frozen=True):
 
 def run_tool(log: Log, step: str, argv: Sequence[str], timeout: float) -> tuple[int, str]:
     """Run `argv` (stdout and stderr merged) with a timeout; (exit code, output).
-    StackError only if it cannot start or does not finish."""
-    log(f"$ {' '.join(argv)}")
+    StackError only if it cannot start or does not finish (harness.steps.run_command)."""
     try:
-        proc = subprocess.run(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise StackError(f"{step}: {argv[0]} is not installed") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise StackError(f"{step}: {argv[0]} did not finish in {timeout:g} s") from exc
-    for line in proc.stdout.splitlines():
-        log(f"  | {line}")
-    return proc.returncode, proc.stdout
+        return run_command(log, step, argv, timeout)
+    except StepError as exc:
+        raise StackError(str(exc)) from exc
 
 
 def _checked(log: Log, run: Run) -> str:
