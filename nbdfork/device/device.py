@@ -13,7 +13,7 @@ import itertools
 import threading
 from array import array
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from nbdfork.config import DeviceConfig, Op
 from nbdfork.device.cache import CacheModel
@@ -24,6 +24,7 @@ from nbdfork.device.reorder import ReorderGate
 from nbdfork.device.requests import JudgeFactory, WriteRequest
 from nbdfork.device.rng import DeviceRng
 from nbdfork.device.store import Store
+from nbdfork.device.summary import DeviceStats
 from nbdfork.device.trace import FLAG_FAILED, FLAG_FUA, Record, TraceWriter
 from nbdfork.device.trace import Op as TraceOp
 from nbdfork.errors import DeviceError
@@ -48,27 +49,6 @@ class ArrivedWrite:
     fua: bool
     arrival: float
     arrival_tick: int = 0
-
-
-@dataclass(slots=True)
-class DeviceStats:
-    """Request counters, reported in summary.json."""
-
-    reads: int = 0
-    bytes_read: int = 0
-    writes: int = 0
-    bytes_written: int = 0
-    fua_writes: int = 0
-    write_errors: int = 0
-    flushes: int = 0
-    trims: int = 0
-    zeros: int = 0
-    errors_injected: int = 0
-    corruptions_injected: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """The counters as a plain dict."""
-        return asdict(self)
 
 
 class Device:

@@ -17,6 +17,7 @@ __all__ = [
     "CONNECTION_SCHEMA",
     "SUMMARY_SCHEMA",
     "ConnectionReport",
+    "DeviceStats",
     "DeviceSummary",
     "RunSplit",
     "read",
@@ -27,17 +28,10 @@ CONNECTION_SCHEMA = "nbdfork.connection/1"
 T = TypeVar("T", bound="_Counters")
 
 
-class _Counters(msgspec.Struct, kw_only=True):
-    """What every report of the device counts: its requests and the oracle's verdicts."""
+class DeviceStats(msgspec.Struct, kw_only=True):
+    """Request counters: kept by the device as it serves (per device and per connection) and
+    written, flat, into every report below."""
 
-    schema: str
-    version: str
-    started: str
-    seed: int
-    settings: dict[str, Any]
-    counts: dict[str, int]  # per verdict: torn_write, stale_write, overlapping_write
-    stamped_pages: int = 0
-    oracle: dict[str, int] = msgspec.field(default_factory=dict)
     reads: int = 0
     bytes_read: int = 0
     writes: int = 0
@@ -49,6 +43,24 @@ class _Counters(msgspec.Struct, kw_only=True):
     zeros: int = 0
     errors_injected: int = 0
     corruptions_injected: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict."""
+        return msgspec.structs.asdict(self)
+
+
+class _Counters(DeviceStats, kw_only=True):
+    """What every report of the device counts: its requests (DeviceStats) and the oracle's
+    verdicts."""
+
+    schema: str
+    version: str
+    started: str
+    seed: int
+    settings: dict[str, Any]
+    counts: dict[str, int]  # per verdict: torn_write, stale_write, overlapping_write
+    stamped_pages: int = 0
+    oracle: dict[str, int] = msgspec.field(default_factory=dict)
     # per format judged (stamp, fio, xfs, btrfs, ext4; `none`: an overlap holding no block):
     # torn_write, stale_write, overlapping_write, blocks, ok_blocks, torn_blocks, unchecked_blocks
     formats: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
