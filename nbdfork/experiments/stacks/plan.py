@@ -115,42 +115,30 @@ def _umount(mountpoint: str) -> Run:
     return Run("umount", ("umount", mountpoint), TIMEOUTS["umount"])
 
 
-def _plain(spec: StackSpec, devs: tuple[str, ...], fs: Filesystem, mnt: str) -> BuildPlan:
+def _plan(
+    spec: StackSpec, devs: tuple[str, ...], fs: Filesystem, mnt: str, *,
+    layers: tuple[LayerSpec, ...], top: tuple[str, ...], checks: tuple[str, ...],
+    assemble: tuple[Action, ...] = (), teardown: tuple[Run, ...] = (), profile: str = "",
+    md_device: str | None = None, integrity_name: str | None = None,
+) -> BuildPlan:  # fmt: skip
+    """A stack's plan: its own layers, assembly and teardown; mkfs and mount on its top."""
     return BuildPlan(
-        spec.name,
-        spec.mode,
-        fs,
-        devs,
-        mnt,
-        layers=(LayerSpec(devs[0], "device"),),
-        top=devs,
-        assemble=(),
-        mkfs=_mkfs(fs, devs),
-        mount=_mount(fs, devs, mnt),
-        umount=_umount(mnt),
-        teardown=(),
-        checks=("fsck",),
-    )
+        spec.name, spec.mode, fs, devs, mnt, layers=layers, top=top, assemble=assemble,
+        mkfs=_mkfs(fs, top, profile), mount=_mount(fs, top, mnt), umount=_umount(mnt),
+        teardown=teardown, checks=checks, md_device=md_device, integrity_name=integrity_name,
+    )  # fmt: skip
+
+
+def _plain(spec: StackSpec, devs: tuple[str, ...], fs: Filesystem, mnt: str) -> BuildPlan:
+    return _plan(spec, devs, fs, mnt, layers=(LayerSpec(devs[0], "device"),), top=devs,
+                 checks=("fsck",))
 
 
 def _btrfs(spec: StackSpec, devs: tuple[str, ...], fs: Filesystem, mnt: str) -> BuildPlan:
     raid1 = spec.name == "btrfs-raid1"
     checks = ("btrfs_scrub", "mirror_diff", "fsck") if raid1 else ("btrfs_scrub", "fsck")
-    return BuildPlan(
-        spec.name,
-        spec.mode,
-        fs,
-        devs,
-        mnt,
-        layers=tuple(LayerSpec(d, "btrfs-device") for d in devs),
-        top=devs,
-        assemble=(),
-        mkfs=_mkfs(fs, devs, "raid1" if raid1 else ""),
-        mount=_mount(fs, devs, mnt),
-        umount=_umount(mnt),
-        teardown=(),
-        checks=checks,
-    )
+    return _plan(spec, devs, fs, mnt, layers=tuple(LayerSpec(d, "btrfs-device") for d in devs),
+                 top=devs, checks=checks, profile="raid1" if raid1 else "")
 
 
 def _md(spec: StackSpec, devs: tuple[str, ...], fs: Filesystem, mnt: str) -> BuildPlan:
@@ -176,60 +164,36 @@ def _md(spec: StackSpec, devs: tuple[str, ...], fs: Filesystem, mnt: str) -> Bui
         assemble += (SysfsWrite("skip_copy", MD_DEVICE, "md/skip_copy", value),)
     top = (MD_DEVICE,)
     checks = ("md_check", "mirror_diff", "fsck") if level == "1" else ("md_check", "fsck")
-    return BuildPlan(
-        spec.name,
-        spec.mode,
-        fs,
-        devs,
-        mnt,
+    return _plan(
+        spec, devs, fs, mnt,
         layers=(LayerSpec(MD_DEVICE, spec.name), *(LayerSpec(d, "md-member") for d in devs)),
-        top=top,
-        assemble=assemble,
-        mkfs=_mkfs(fs, top),
-        mount=_mount(fs, top, mnt),
-        umount=_umount(mnt),
+        top=top, assemble=assemble, checks=checks, md_device=MD_DEVICE,
         teardown=(
             Run("teardown", ("mdadm", "--stop", MD_DEVICE), TIMEOUTS["teardown"]),
             Run("teardown", ("mdadm", "--zero-superblock", *devs), TIMEOUTS["teardown"]),
         ),
-        checks=checks,
-        md_device=MD_DEVICE,
-    )
+    )  # fmt: skip
 
 
 def _integrity(spec: StackSpec, devs: tuple[str, ...], fs: Filesystem, mnt: str) -> BuildPlan:
     t = TIMEOUTS["assemble"]
     dev, flags = devs[0], _INTEGRITY_FLAGS[spec.mode]
     top = (f"/dev/mapper/{INTEGRITY_NAME}",)
-    return BuildPlan(
-        spec.name,
-        spec.mode,
-        fs,
-        devs,
-        mnt,
+    return _plan(
+        spec, devs, fs, mnt,
         layers=(LayerSpec(top[0], f"dm-integrity:{spec.mode}"), LayerSpec(dev, "device")),
-        top=top,
+        top=top, checks=("dm_integrity", "fsck"), integrity_name=INTEGRITY_NAME,
         assemble=(
-            Run(
-                "assemble",
-                ("integritysetup", "format", "--batch-mode", "--integrity", "crc32c", dev),
-                t,
-            ),
-            Run(
-                "assemble",
+            Run("assemble",
+                ("integritysetup", "format", "--batch-mode", "--integrity", "crc32c", dev), t),
+            Run("assemble",
                 ("integritysetup", "open", "--integrity", "crc32c", *flags, dev, INTEGRITY_NAME),
-                t,
-            ),
+                t),
         ),
-        mkfs=_mkfs(fs, top),
-        mount=_mount(fs, top, mnt),
-        umount=_umount(mnt),
         teardown=(
             Run("teardown", ("integritysetup", "close", INTEGRITY_NAME), TIMEOUTS["teardown"]),
         ),
-        checks=("dm_integrity", "fsck"),
-        integrity_name=INTEGRITY_NAME,
-    )
+    )  # fmt: skip
 
 
 _BUILDERS = {
