@@ -8,13 +8,10 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from nbdfork import files
-
-__all__ = ["DEFAULT_TIMEOUTS", "StepError", "run_step", "terminate", "write_json"]
+__all__ = ["DEFAULT_TIMEOUTS", "StepError", "run_command", "run_step", "terminate"]
 
 DEFAULT_TIMEOUTS: dict[str, float] = {
     "modprobe": 120.0,
@@ -92,8 +89,3 @@ def run_step(log: Callable[[str], None], step: str, argv: Sequence[str], timeout
         tail = output.strip().splitlines()[-1:] or [""]
         raise StepError(step, f"{argv[0]} exited {code}: {tail[0][:200]}")
     return output
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write `data` as indented JSON, atomically (nbdfork.files.write_json)."""
-    files.write_json(path, data)
