@@ -1,4 +1,4 @@
-"""Seeds: the one rule for making, checking and deriving them.
+"""Seeds: the one rule for making and deriving them (options check them against SEED_LIMIT).
 
 Every random choice of an experiment comes from one seed, recorded in its report: given, or
 made here. A part of the experiment (a run of the matrix, the device, a campaign cell) gets
@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from nbdfork.errors import ConfigError
-
-__all__ = ["SEED_LIMIT", "check_seed", "derive_seed", "new_seed"]
+__all__ = ["SEED_LIMIT", "derive_seed", "new_seed"]
 
 SEED_LIMIT = 1 << 63
 """Seeds are integers in [0, SEED_LIMIT): what numpy's SeedSequence and the device take."""
@@ -22,13 +20,6 @@ SEED_LIMIT = 1 << 63
 def new_seed() -> int:
     """A fresh seed for an experiment nobody seeded (32 bits: short enough to retype)."""
     return secrets.randbits(32)
-
-
-def check_seed(option: str, seed: int) -> int:
-    """`seed` if it is in [0, SEED_LIMIT), else ConfigError naming `option`."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
-        raise ConfigError(option, f"{seed!r} must be an integer from 0 to 2**63-1")
-    return seed
 
 
 def derive_seed(seed: int, name: str) -> int:
