@@ -41,7 +41,7 @@ from nbdfork.campaign.paths import cell_id, validate_cell_id, validate_name
 from nbdfork.errors import ConfigError
 from nbdfork.experiments import experiment, registry
 from nbdfork.inputs import read_bounded
-from nbdfork.options import check_setting, flag_name
+from nbdfork.options import as_text, check_setting, flag_name
 from nbdfork.seeds import derive_seed
 
 __all__ = [
@@ -199,14 +199,6 @@ def _only(table: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
             raise ConfigError(f"{prefix}{key}", f"unknown key (allowed: {names})")
 
 
-def _scalar(value: object, key: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float | str) and str(value).strip():
-        return f"{value:g}" if isinstance(value, float) else str(value)
-    raise ConfigError(key, f"{value!r} must be a string, number or boolean")
-
-
 def _axes(group: Mapping[str, Any], where: str) -> dict[str, list[object]]:
     axes = _table(group.get("axes", {}), f"{where}.axes")
     result: dict[str, list[object]] = {}
@@ -214,7 +206,7 @@ def _axes(group: Mapping[str, Any], where: str) -> dict[str, list[object]]:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}.axes.{axis}", "must be a non-empty list")
         for value in values:
-            _scalar(value, f"{where}.axes.{axis}")
+            as_text(value, f"{where}.axes.{axis}")
         result[axis] = values
     seeds = group.get("seeds")
     if seeds is not None:
@@ -287,7 +279,7 @@ def _cell(
     kind: str, prefix: str, values: Mapping[str, object], options: Mapping[str, Any], *,
     campaign_seed: int, timeout: float | None, resources: Mapping[str, float], where: str,
 ) -> Cell:  # fmt: skip
-    shown = {a: _scalar(v, f"{where}.axes.{a}") for a, v in values.items()}
+    shown = {a: as_text(v, f"{where}.axes.{a}") for a, v in values.items()}
     name = cell_id(prefix, list(shown.items()))
     seed = derive_seed(campaign_seed, name)
     settings = {a: v for a, v in values.items() if a != "seed"} | dict(options)
@@ -306,9 +298,9 @@ def _argv(kind: str, settings: Mapping[str, object], *, seed: int, where: str
             argv += [flag] if value else []
         elif isinstance(value, list):
             for item in value:
-                argv += [flag, _scalar(item, f"{where}.options.{key}")]
+                argv += [flag, as_text(item, f"{where}.options.{key}")]
         else:
-            argv += [flag, _scalar(value, f"{where}.options.{key}")]
+            argv += [flag, as_text(value, f"{where}.options.{key}")]
     seeded = "seed" in experiment(kind).options_by_name  # an experiment with no randomness
     return (*argv, *(("--seed", str(seed)) if seeded else ()), "--out", OUT)
 
