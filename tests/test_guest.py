@@ -447,6 +447,41 @@ def test_a_vm_that_dies_mid_run_is_lost_with_the_console_tail(tmp_path: Path) ->
     assert vm.lost is not None and "during y" in vm.lost and "Kernel panic" in vm.lost
 
 
+def test_an_early_boot_panic_is_booted_again_once(tmp_path: Path) -> None:
+    """A kernel panic before the guest said hello boots the VM again (nothing of the run had
+    happened); the panic is kept. A second early panic, or one after hello, is final."""
+    counter = tmp_path / "boots"
+    body = (
+        f"from pathlib import Path; c = Path({str(counter)!r})\n"
+        "n = int(c.read_text()) + 1 if c.exists() else 1; c.write_text(str(n))\n"
+        "if n <= PANICS:\n"
+        "    print('Kernel panic - not syncing: Fatal exception in interrupt', file=sys.stderr)\n"
+        "    sys.exit(255)\n"
+        "say(event='hello'); say(event='ready'); say(event='done'); sys.exit(0)\n"
+    )
+    argv = fake_vng(tmp_path, "PANICS = 1\n" + body)
+    vm = run_vm(argv, log_path=tmp_path / "vm.log", timeouts=TIMEOUTS, env={})
+    assert vm.finished and vm.lost is None and counter.read_text() == "2"
+    assert len(vm.boot_panics) == 1 and "Fatal exception" in vm.boot_panics[0]
+    assert (tmp_path / "vm.log").read_text().count("$ ") == 2
+    counter.unlink()
+    argv = fake_vng(tmp_path, "PANICS = 2\n" + body)
+    vm = run_vm(argv, log_path=tmp_path / "vm2.log", timeouts=TIMEOUTS, env={})
+    assert vm.lost is not None and "did not boot" in vm.lost and counter.read_text() == "2"
+    counter.unlink()
+    vm = run_vm(argv, log_path=tmp_path / "vm3.log", timeouts=TIMEOUTS, env={}, boot_retries=0)
+    assert vm.lost is not None and counter.read_text() == "1" and vm.boot_panics == []
+
+
+def test_a_vm_that_fails_to_start_is_not_booted_again(tmp_path: Path) -> None:
+    """No kernel panic on the console (qemu refused its options, say): one attempt only."""
+    counter = tmp_path / "boots"
+    argv = fake_vng(tmp_path, f"open({str(counter)!r}, 'a').write('x')\n"
+                    "print('qemu: bad option', file=sys.stderr); sys.exit(1)\n")  # fmt: skip
+    vm = run_vm(argv, log_path=tmp_path / "vm.log", timeouts=TIMEOUTS, env={})
+    assert vm.lost is not None and counter.read_text() == "x" and vm.boot_panics == []
+
+
 def test_outcomes() -> None:
     """passed / violations from the counts; harness_error from a failed step; a run without
     a result takes the reason given (vm_lost when the VM died)."""

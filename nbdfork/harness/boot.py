@@ -29,6 +29,7 @@ from nbdfork import IMPORT_ROOT
 from nbdfork.errors import VMError
 from nbdfork.harness.kernel import Accel, Kernel
 from nbdfork.harness.protocol import MARKER
+from nbdfork.log import get_logger
 
 __all__ = [
     "BOOT_TRIM_MODULES",
@@ -215,6 +216,7 @@ class VMRun:
     run_marks: dict[str, dict[str, float]] = field(default_factory=dict)
     console_tail: list[str] = field(default_factory=list)
     current_run: str | None = None
+    boot_panics: list[str] = field(default_factory=list)  # console tails of boots retried
 
     @property
     def finished(self) -> bool:
@@ -262,6 +264,11 @@ def _kill(proc: subprocess.Popen[str]) -> None:
             continue
 
 
+_log = get_logger(__name__)
+
+BOOT_RETRIES = 1  # another boot after a kernel panic that came before any guest code ran
+
+
 def run_vm(
     argv: list[str],
     *,
@@ -269,11 +276,42 @@ def run_vm(
     timeouts: dict[str, float],
     on_event: Callable[[dict[str, Any]], None] | None = None,
     env: dict[str, str] | None = None,
+    boot_retries: int = BOOT_RETRIES,
 ) -> VMRun:
-    """Run vng until it exits or a phase deadline passes; stream everything to `log_path`."""
+    """Run vng until it exits or a phase deadline passes; stream everything to `log_path`.
+
+    A kernel that panics before the guest script said hello (seen under TCG: an early-boot
+    panic in the timekeeping interrupt, before any of our code or any device connection) is
+    booted again, at most `boot_retries` times; each such boot's console tail is kept in
+    `boot_panics` and the log holds every attempt. Any later loss is final."""
+    env = _vng_env(argv[0]) if env is None else env
+    panics: list[str] = []
+    while True:
+        result = _boot(argv, log_path=log_path, timeouts=timeouts, on_event=on_event, env=env)
+        result.boot_panics = panics
+        if not _early_panic(result) or len(panics) >= boot_retries:
+            return result
+        panics.append(" | ".join(result.console_tail[-3:])[-300:])
+        _log.warning("vm.boot_panic", attempt=len(panics), console=panics[-1])
+
+
+def _early_panic(result: VMRun) -> bool:
+    """The kernel panicked before the guest script started: nothing of the run happened yet."""
+    if result.finished or "hello" in result.marks or result.lost is None:
+        return False
+    return any("Kernel panic" in line for line in result.console_tail)
+
+
+def _boot(
+    argv: list[str],
+    *,
+    log_path: Path,
+    timeouts: dict[str, float],
+    on_event: Callable[[dict[str, Any]], None] | None,
+    env: dict[str, str],
+) -> VMRun:
     started = time.monotonic()
     result = VMRun()
-    env = _vng_env(argv[0]) if env is None else env
     with log_path.open("a", buffering=1, encoding="utf-8", errors="replace") as log:
         log.write(f"$ {shlex.join(argv)}\n")
         try:

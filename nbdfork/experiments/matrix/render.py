@@ -97,11 +97,21 @@ def _header(report: MatrixReport) -> list[Block]:
             f"Seed: {report.seed}",
             f"Started: {report.started}; total {_fmt_s(report.duration_s)}",
             f"Harness: boot {_fmt_s(report.harness.boot_s)}, "
-            + _overhead(report.harness.per_config_overhead_s),
+            + _overhead(report.harness.per_config_overhead_s)
+            + _panics(report.boot_panics),
             f"Versions: {_versions(report.versions)}",
             f"Schema: {code(report.schema)}",
         )),
     ]
+
+
+def _panics(panics: Sequence[str]) -> str:
+    """Boots retried after an early kernel panic (before the guest script ran)."""
+    if not panics:
+        return ""
+    return f"; booted again after {len(panics)} early kernel panic(s): " + "; ".join(
+        code(p[-120:]) for p in panics
+    )
 
 
 def _findings(report: MatrixReport) -> list[Block]:

@@ -221,6 +221,8 @@ class MatrixReport(Record, frozen=True, kw_only=True):
     kernel_info: KernelInfo | tuple[KernelInfo | None, ...] | None = None
     vm: VMShape | None = None
     vm_lost: str | None = None
+    # console tails of boots that panicked before the guest script started, booted again
+    boot_panics: tuple[str, ...] = ()
     plan: str | None = None
 
     def __post_init__(self) -> None:

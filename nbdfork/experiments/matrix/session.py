@@ -473,6 +473,7 @@ class RunSession:
             else None,
             "vm": VMShape(cpus=self.options.cpus, memory=self.options.memory),
             "vm_lost": self.vm.lost if self.vm else None,
+            "boot_panics": tuple(self.vm.boot_panics) if self.vm else (),
             "sysctls": self.plan.sysctls if self.plan else {},
             "plan": "plan.json",
         }
@@ -552,5 +553,6 @@ def merge_reports(out: Path, reports: list[MatrixReport], dirs: list[Path]) -> M
         duration_s=round(sum(r.duration_s for r in reports), 3),
         harness=harness,
         kernel_info=infos,
+        boot_panics=tuple(f"{r.kernel}: {p}" for r in reports for p in r.boot_panics),
         runs=tuple(runs),
     )
