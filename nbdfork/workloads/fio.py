@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,13 +178,19 @@ def fio_outcome(phase: Mapping[str, Any]) -> bool:
 class Kicker:
     """Starts writeback of fio's files while fio runs, as nbdfork's own workloads' kicker does
     (`--kick sync_file_range`): sync_file_range(SYNC_FILE_RANGE_WRITE) over every regular file
-    under the directory (or the device), in a loop, from its own thread -- writeback racing
-    the writer, which fio's own `sync_file_range=` (called in the writer's thread) cannot do."""
+    under the directory (or the device), in a tight loop from its own thread -- writeback racing
+    the writer, which fio's own `sync_file_range=` (called in the writer's thread) cannot do.
+    Files stay open between kicks; the directory is searched again for new files every
+    `RESCAN_S` (a search per kick made the loop ten times slower than the stamped workloads'
+    kicker, and so the window for a tear narrower)."""
+
+    RESCAN_S: Final = 0.2
 
     def __init__(self, directory: Path | None, device: str) -> None:
         self._directory, self._device = directory, device
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fio-kicker", daemon=True)
+        self._fds: dict[Path, int] = {}
         self.kicks = 0
 
     def __enter__(self) -> Kicker:
@@ -194,26 +201,36 @@ class Kicker:
         self._stop.set()
         self._thread.join(timeout=10)
 
-    def _paths(self) -> list[Path]:
-        if self._directory is None:
-            return [Path(self._device)]
-        return [p for p in self._directory.rglob("*") if p.is_file()]
+    def _rescan(self) -> None:
+        """Open the files not yet open (fio creates its files after it starts)."""
+        paths = [Path(self._device)] if self._directory is None else []
+        if self._directory is not None:
+            with contextlib.suppress(OSError):
+                paths = [p for p in self._directory.rglob("*") if p.is_file()]
+        for path in paths:
+            if path not in self._fds:
+                with contextlib.suppress(OSError):
+                    self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
     def _loop(self) -> None:
         from nbdfork.workloads.base import sync_file_range  # noqa: PLC0415 (numpy: guest only)
 
-        while not self._stop.is_set():
-            paths = self._paths()
-            for path in paths:
-                with contextlib.suppress(OSError):
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                    try:
+        rescan_at = 0.0
+        try:
+            while not self._stop.is_set():
+                if time.monotonic() >= rescan_at:
+                    self._rescan()
+                    rescan_at = time.monotonic() + self.RESCAN_S
+                for fd in list(self._fds.values()):
+                    with contextlib.suppress(OSError):
                         sync_file_range(fd)
                         self.kicks += 1
-                    finally:
-                        os.close(fd)
-            if not paths:
-                self._stop.wait(0.01)
+                if not self._fds:
+                    self._stop.wait(0.01)
+        finally:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
 
 def _latency_ms(text: str) -> dict[str, float | None]:

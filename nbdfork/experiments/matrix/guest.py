@@ -321,8 +321,11 @@ class GuestRunner:
                             output=output, verify_only=only)  # fmt: skip
             log(f"$ {' '.join(argv)}")
             kick = phase == "write" and spec.workload_options.get("kick") == "sync_file_range"
-            with Kicker(directory, self.plan.nbd_device) if kick else contextlib.nullcontext():
+            kicker = Kicker(directory, self.plan.nbd_device) if kick else None
+            with kicker or contextlib.nullcontext():
                 phases[phase] = result = run_phase(argv, env, output, timeout)
+            if kicker is not None:
+                phases["kicks"] = kicker.kicks
             log(f"fio {phase}: exit {result['exit']}, jobs {result['jobs']}")
             if not result["jobs"]:
                 write_json(run_dir / "fio.json", phases)

@@ -179,6 +179,7 @@ def _fio_check(run_dir: Path) -> FioCheck | None:
         verify_exit=verify.get("exit"), verify_errors=tuple(j["error"] for j in verify["jobs"]),
         read_back_ios=sum(j["read_ios"] for j in verify["jobs"]),
         passed=bool(data.get("passed")), messages=tuple(verify.get("messages", ())[-5:]),
+        kicks=data.get("kicks"),
     )  # fmt: skip
 
 

@@ -107,6 +107,7 @@ class FioCheck(Record, frozen=True, kw_only=True):
     read_back_ios: Count
     passed: bool  # the read-back: exit 0, every job error 0
     messages: tuple[str, ...] = ()  # the tail of fio's output of the read-back
+    kicks: Count | None = None  # writeback started by the kicker while the job ran
 
 
 class RunResult(Record, frozen=True, kw_only=True):
