@@ -1,5 +1,5 @@
 """Reports of storage-stack runs: the checkers' verdicts in a few words, the "Storage stacks"
-table and plot, the findings per stack and kernel —
+table and plot, the findings per stack and kernel, and the campaign's pooling per stack —
 against the reports of real runs in tests/golden/stackreport (see its README).
 
 Regenerate the golden report.md after an intended change with NBDFORK_UPDATE_GOLDEN=1.
@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from matplotlib.image import imread
 
+from nbdfork.campaign.merge import CampaignReport, CellRecord, campaign_blocks, collect
 from nbdfork.experiments.matrix.findings import findings, stack_findings
 from nbdfork.experiments.matrix.plots import plot_stack_checkers, stack_damage
 from nbdfork.experiments.matrix.render import render_report
@@ -23,6 +24,7 @@ from nbdfork.experiments.matrix.stacktable import stack_table, verdict_cell
 from nbdfork.experiments.stacks.results import FsckResult, StackChecks
 from nbdfork.experiments.stacks.summary import describe, own_damage, tally
 from nbdfork.harness.protocol import Outcome
+from nbdfork.report.document import to_markdown
 
 GOLDEN = Path(__file__).parent / "golden" / "stackreport"
 KERNELS = GOLDEN / "kernels-6.12-7.2"  # btrfs, md-raid1 on 6.12 and 7.2
@@ -239,4 +241,82 @@ def test_findings_of_one_kernel_name_the_damaged_leg_and_unseen_differences() ->
         "nothing: ext4 odirect_churn stable_writes=0 (6 pages), ext4 pwrite stable_writes=0 "
         "(7 pages); could not run: md-raid1-ext4-sw0-odirect_churn (fsck: e2fsck timed out), "
         "md-raid1-ext4-sw0-pwrite (fsck: e2fsck timed out)")  # fmt: skip
+
+
+# The campaign's merged report ----------------------------------------------------------------
+
+
+def _campaign(tmp_path: Path, cells: dict[str, tuple[Path, dict[str, str]]]) -> str:
+    """A campaign directory whose done run cells hold the given reports; its report.md text."""
+    records = []
+    for cell_id, (source, axes) in cells.items():
+        (tmp_path / "cells" / cell_id).mkdir(parents=True)
+        shutil.copy(source / "report.json", tmp_path / "cells" / cell_id / "report.json")
+        records.append(CellRecord(id=cell_id, kind="run", status="done", axes=axes, seed=0,
+                                  dir=f"cells/{cell_id}"))  # fmt: skip
+    report = CampaignReport(name="c", seed=1, spec_hash="h" * 16, executor="local", jobs=1,
+                            wall_s=1.0, cells=tuple(records), counts={"done": len(records)})
+    found = collect(tmp_path, report)
+    assert not found.unreadable
+    return to_markdown(campaign_blocks(report, found, []))
+
+
+def _table_after(markdown: str, heading: str) -> list[str]:
+    """The rows (header first) of the first table after `heading`."""
+    lines = markdown[markdown.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return [rows[0], *rows[2:]]
+
+
+def test_the_campaign_pools_seeds_per_stack_and_kernel(tmp_path: Path) -> None:
+    """Two seeds of the two-kernel run and the stable_writes=1 run: one row per stack x kernel
+    x stable_writes, seeds pooled, with the runs in which its own checkers found damage and
+    each checker's total; a stack's totals never include another stack's."""
+    markdown = _campaign(tmp_path, {
+        "run-seed=0": (KERNELS, {"seed": "0"}), "run-seed=1": (KERNELS, {"seed": "1"}),
+        "sw1-seed=0": (STABLE, {"seed": "0"}),
+    })  # fmt: skip
+    rows = _table_after(markdown, "### Storage stacks: what their own checkers found")
+    assert rows == [
+        "| stack | kernel | stable_writes | runs | stack checkers found damage (runs) "
+        "| scrub errors | md mismatch_cnt | integrity blocks failed | fsck not clean "
+        "| pages legs differ | checkers failed | oracle torn/stamped | tear rate % (95% CI) |",
+        f"| btrfs | {K612} | 0 | 2 | 0/2 | 0 | - | - | 0 | - | 0 | 66/1250 | 5.28 (4.17-6.66) |",
+        f"| btrfs | {K72} | 0 | 2 | 0/2 | 0 | - | - | 0 | - | 0 | 52/646 | 8.05 (6.19-10.4) |",
+        f"| md-raid1 | {K612} | 0 | 2 | 2/2 | - | 1280 | - | 0 | 28 | 0 | 62/512 "
+        "| 12.1 (9.56-15.2) |",
+        f"| md-raid1 | {K72} | 0 | 2 | 2/2 | - | 1024 | - | 0 | 24 | 0 | 198/1264 "
+        "| 15.7 (13.8-17.8) |",
+        "| dm-integrity:D | 6.1.0-57-amd64 | 1 | 1 | 1/1 | - | - | 2 | 0 | - | 0 | 25/327 "
+        "| 7.65 (5.23-11) |",
+        "| md-raid5:skip_copy | 6.1.0-57-amd64 | 1 | 1 | 1/1 | - | 9568 | - | 0 | - | 0 "
+        "| 146/632 | 23.1 (20-26.5) |",
+    ]
+    by_stack = _table_after(markdown, "### By stack (pooled over the other axes)")
+    assert by_stack[1].startswith("| btrfs | 4 | 118/1896 |")
+    assert by_stack[2].startswith("| md-raid1 | 4 | 260/1776 |")
+
+
+def test_a_cell_of_several_stacks_keeps_them_apart(tmp_path: Path) -> None:
+    """A cell whose `stack` axis names several stacks (`btrfs,md-raid1`) still gives each run
+    its own stack: the run's recorded stack wins over the cell's axis of the same name."""
+    markdown = _campaign(tmp_path, {"run-stack=btrfs_md-raid1-seed=0": (
+        KERNELS, {"stack": "btrfs,md-raid1", "seed": "0"})})  # fmt: skip
+    rows = _table_after(markdown, "Every setting")
+    assert rows[0].startswith("| kernel | stack | fs | stable_writes | workload | seeds |")
+    stacks = [row.split(" | ")[1] for row in rows[1:]]
+    assert stacks == ["btrfs", "md-raid1", "btrfs", "md-raid1"]
+    assert "btrfs,md-raid1" not in markdown
+
+
+def test_a_campaign_without_stacks_has_no_stack_column(tmp_path: Path) -> None:
+    """Plain runs only: no stack column and no stack section (the tables stay as they were)."""
+    golden = Path(__file__).parent / "golden" / "report"
+    markdown = _campaign(tmp_path, {"run-seed=0": (golden, {"seed": "0"})})
+    assert "stack" not in markdown.lower()
 
