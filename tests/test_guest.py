@@ -34,6 +34,7 @@ from nbdfork.experiments.matrix.schema import (
     write_report,
 )
 from nbdfork.experiments.matrix.session import RunOptions
+from nbdfork.experiments.stacks.catalogue import parse_stacks
 from nbdfork.files import write_json
 from nbdfork.harness.boot import (
     BOOT_TRIM_MODULES,
@@ -567,6 +568,23 @@ def test_run_record_reads_a_harness_error_from_result_json(tmp_path: Path) -> No
     record = run_record(spec, Path(plan.out), kernel="k", device={})
     assert (record.outcome, record.error) == ("harness_error", "mount: boom")
     assert record.writer_latency_ms.p99 is None
+
+
+def test_each_run_records_the_parameters_its_own_devices_had_alone(tmp_path: Path) -> None:
+    """`--device-param 1:...` reaches the runs of a two-device stack, not the one-device
+    runs (they have no device 1), and survives writing and reading report.json."""
+    runs = build_runs(filesystems=["ext4"], stable_writes=[0], workloads=["pwrite"],
+                      seconds=1.0, seed=11, stacks=parse_stacks("btrfs,md-raid1"))  # fmt: skip
+    damaged = {"1": {"corrupt-op": "write", "corrupt-probability": "0.02"}}
+    plan = make_plan(tmp_path, runs, device_overrides=damaged)
+    btrfs, md = run_records(plan, kernel="k")
+    assert (btrfs.stack, btrfs.device_overrides) == ("btrfs", {})
+    assert (md.stack, md.device_overrides) == ("md-raid1", damaged)
+    report = build_report(plan, (btrfs, md), kernel="k", accel="tcg",
+                          started=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), duration_s=1.0,
+                          harness=HarnessTimings(boot_s=1.0, per_config_overhead_s=()),
+                          versions={})  # fmt: skip
+    assert load_report(write_report(report, tmp_path / "report.json")).runs[1] == md
 
 
 # --- plans and seeds -------------------------------------------------------------------------

@@ -9,6 +9,9 @@ Spread: a setting is every axis but `seed`. For run cells the tear rate pools to
 pages over the seeds with a Wilson 95% interval, and the writer's p99 stall is given as
 min/median/max over the seeds; for model cells, throughput and stall p99 as min/median/max
 over the seeds and verdicts as totals (a violation seen under one seed is never hidden).
+Runs on a storage stack (`--stack`) are rows of their own, and their stack's checkers
+(btrfs scrub, md check, dm-integrity, fsck, the mirror's legs) are totalled per row and per
+stack x kernel x stable_writes.
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ from nbdfork.campaign.paths import cell_dir
 from nbdfork.campaign.spec import CampaignSpec, Cell
 from nbdfork.errors import ConfigError, ReportError
 from nbdfork.experiments.crash.schema import load_crash_report
+from nbdfork.experiments.matrix.findings import stack_label
+from nbdfork.experiments.matrix.schema import RunResult
 from nbdfork.experiments.matrix.schema import load_report as load_run_report
 from nbdfork.experiments.model.schema import load_model_report
+from nbdfork.experiments.stacks.summary import CHECKERS, own_damage, tally
 from nbdfork.report.codec import Record, read_json, write_json
 from nbdfork.report.document import (
     Block,
@@ -196,16 +202,29 @@ def _model_samples(cell: CellRecord, path: Path) -> list[Sample]:
     return samples
 
 
+def _checker_metrics(run: RunResult) -> dict[str, float]:
+    """A stack run's checker counts (`checked`, `damaged` by its own checkers, then each
+    count of `tally`); nothing for a plain run or one that did not complete."""
+    if run.checks is None or not run.completed:
+        return {}
+    counts = {name: float(n) for name, n in tally(run.checks).items()}
+    return {"checked": 1.0, "damaged": float(own_damage(run.checks) > 0), **counts}
+
+
 def _run_samples(cell: CellRecord, path: Path) -> list[Sample]:
     samples = []
     for run in load_run_report(path).runs:
-        inner = {"kernel": run.kernel, "fs": run.fs, "stable_writes": str(run.stable_writes),
-                 "workload": run.workload}  # fmt: skip
+        # What the run was wins over a cell axis of the same name: a cell may run several
+        # stacks, kernels or filesystems (`stack = "btrfs,md-raid1"`), each its own row.
+        inner = {"kernel": run.kernel, "stack": stack_label(run), "fs": run.fs,
+                 "stable_writes": str(run.stable_writes), "workload": run.workload}  # fmt: skip
+        axes = {k: v for k, v in _axes(cell).items() if k not in inner}
         p99 = run.writer_latency_ms.p99
-        samples.append(Sample({**inner, **_axes(cell)}, {
+        samples.append(Sample({**inner, **axes}, {
             "torn": run.torn, "stamped": run.stamped_pages, "stale": run.stale,
             "overlapping": run.overlapping,
             "stall_p99_ms": float("nan") if p99 is None else p99,
+            **_checker_metrics(run),
         }))  # fmt: skip
     return samples
 
@@ -271,6 +290,9 @@ def _keys(samples: Sequence[Sample]) -> list[str]:
     keys: list[str] = []
     for s in samples:
         keys += [k for k in s.setting if k not in keys]
+    # A campaign without a storage stack says nothing of stacks.
+    if all(s.setting.get("stack", "plain") == "plain" for s in samples):
+        keys = [k for k in keys if k != "stack"]
     return keys
 
 
@@ -300,9 +322,36 @@ def _align(keys: Sequence[str], numbers: int) -> tuple[Literal["l", "r"], ...]:
     return tuple(sides)
 
 
+def _checker_names(samples: Sequence[Sample]) -> list[str]:
+    """The stack checkers' counts some sample has, in CHECKERS order."""
+    return [name for name in CHECKERS if any(name in s.metrics for s in samples)]
+
+
+def _checker_cells(group: Sequence[Sample], names: Sequence[str]) -> tuple[str, ...]:
+    """Runs whose stack's own checkers found damage / runs checked, then each count's total
+    over the runs that had that checker (`-`: none had it)."""
+    if not names:
+        return ()
+    checked = [s.metrics for s in group if "checked" in s.metrics]
+    if not checked:
+        return ("-",) * (len(names) + 1)
+    cells = [f"{_total(checked, 'damaged')}/{len(checked)}"]
+    for name in names:
+        have = [m for m in checked if name in m]
+        cells.append(_total(have, name) if have else "-")
+    return tuple(cells)
+
+
+def _checker_header(names: Sequence[str]) -> tuple[str, ...]:
+    if not names:
+        return ()
+    return ("stack checkers found damage (runs)", *(CHECKERS[n] for n in names))
+
+
 def _run_table(samples: Sequence[Sample], keys: Sequence[str]) -> Table:
+    names = _checker_names(samples)
     header = (*keys, "seeds", "torn/stamped", "tear rate %", "95% CI %", "stale", "overlapping",
-              "writer p99 ms median (min-max)")  # fmt: skip
+              "writer p99 ms median (min-max)", *_checker_header(names))  # fmt: skip
     rows = []
     for key, group in _group(samples, keys).items():
         m = [s.metrics for s in group]
@@ -312,8 +361,46 @@ def _run_table(samples: Sequence[Sample], keys: Sequence[str]) -> Table:
                      f"{100 * tears.rate:.3g}",
                      f"{100 * lo:.3g}-{100 * hi:.3g}", _total(m, "stale"),
                      _total(m, "overlapping"),
-                     _spread([x["stall_p99_ms"] for x in m])))  # fmt: skip
-    return Table(header, tuple(rows), _align(keys, 7))
+                     _spread([x["stall_p99_ms"] for x in m]),
+                     *_checker_cells(group, names)))  # fmt: skip
+    return Table(header, tuple(rows), _align(keys, len(header) - len(keys)))
+
+
+_STACK_KEYS = ("stack", "kernel", "stable_writes")
+
+
+def _stack_section(samples: Sequence[Sample]) -> list[Block]:
+    """Per stack (x kernel x stable_writes where those vary), pooled over the other axes
+    and seeds: in how many runs its own checkers found damage, their totals, and the
+    oracle's tear rate beside them."""
+    stacked = [s for s in samples if "checked" in s.metrics]
+    if not stacked:
+        return []
+    keys = ["stack", *(k for k in _STACK_KEYS[1:] if k in _varying(stacked, _keys(stacked)))]
+    names = _checker_names(stacked)
+    # Stack-major, so that each stack's kernels sit together, in the order they first came.
+    firsts = [list(dict.fromkeys(s.setting.get(k, "-") for s in stacked)) for k in keys]
+    groups = sorted(_group(stacked, keys).items(),
+                    key=lambda item: [f.index(v) for f, v in zip(firsts, item[0], strict=True)])
+    rows = []
+    for key, group in groups:
+        tears = Tears.pooled(group)
+        lo, hi = tears.interval
+        rows.append((*key, str(len(group)), *_checker_cells(group, names),
+                     f"{tears.torn}/{tears.stamped}",
+                     f"{100 * tears.rate:.3g} ({100 * lo:.3g}-{100 * hi:.3g})"))  # fmt: skip
+    header = (*keys, "runs", *_checker_header(names), "oracle torn/stamped",
+              "tear rate % (95% CI)")  # fmt: skip
+    return [
+        Heading("Storage stacks: what their own checkers found", 3),
+        Paragraph("Runs on a storage stack, pooled per stack (and kernel and stable_writes, "
+                  "where they vary) over every other axis and seed (plain runs have no "
+                  "checker). Totals are in each checker's own unit: "
+                  "btrfs scrub errors, md mismatch_cnt in sectors, dm-integrity blocks that "
+                  "failed their tag, fscks not clean, 4 KiB pages that differ between a "
+                  "mirror's legs (our comparison, not the stack's checker)."),
+        Table(header, tuple(rows), _align(keys, len(header) - len(keys))),
+    ]
 
 
 _CRASH_METRICS = ("states_checked", "ledger_violations", "fsck_failures", "torn_unexplained")
@@ -340,6 +427,8 @@ def _kind_section(kind: str, samples: Sequence[Sample]) -> list[Block]:
     varying = _varying(samples, keys)
     for axis in varying if len(varying) > 1 else ():
         blocks += [Heading(f"By {axis} (pooled over the other axes)", 3), table(samples, [axis])]
+    if kind == "run":
+        blocks += _stack_section(samples)
     return blocks
 
 

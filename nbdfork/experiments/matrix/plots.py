@@ -1,33 +1,50 @@
 """The report's PNG plots, drawn with matplotlib's Agg renderer and no pyplot global state.
 
 This module owns the figures: writer latency CDF (per workload, one curve per fs x
-stable_writes), torn writes over time per run, and where in the page tears start. Each
+stable_writes), torn writes over time per run, where in the page tears start, kernels side by
+side, and the damage each storage stack's own checkers found (stack x kernel). Each
 `plot_*` returns the file it wrote, or None when there is nothing to draw.
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from nbdfork.experiments.matrix.events import PAGE_SIZE, SECTOR_SIZE, TearSamples
 from nbdfork.experiments.matrix.findings import ordered, workloads
 from nbdfork.experiments.matrix.schema import Histogram, RunResult
+from nbdfork.experiments.matrix.stacktable import (
+    Setting,
+    setting_of,
+    settings,
+    stack_runs,
+    verdict_cell,
+)
+from nbdfork.experiments.stacks.summary import own_damage
 
 __all__ = [
     "KERNELS",
     "LATENCY_CDF",
     "PLOT_FILES",
+    "STACK_CHECKERS",
     "TEAR_OFFSETS",
     "TORN_OVER_TIME",
     "latency_cdf",
     "plot_kernels",
+    "plot_stack_checkers",
+    "stack_damage",
     "plot_tear_offsets",
     "plot_torn_over_time",
     "plot_writer_latency_cdf",
@@ -37,7 +54,8 @@ KERNELS = "kernels.png"
 LATENCY_CDF = "writer_latency_cdf.png"
 TORN_OVER_TIME = "torn_over_time.png"
 TEAR_OFFSETS = "tear_offsets.png"
-PLOT_FILES = (LATENCY_CDF, TORN_OVER_TIME, TEAR_OFFSETS, KERNELS)
+STACK_CHECKERS = "stack_checkers.png"
+PLOT_FILES = (LATENCY_CDF, TORN_OVER_TIME, TEAR_OFFSETS, KERNELS, STACK_CHECKERS)
 
 _DPI = 110
 _LINESTYLE = {0: "-", 1: "--"}  # stable_writes: solid off, dashed on
@@ -207,4 +225,82 @@ def plot_kernels(runs: Sequence[RunResult], path: Path) -> Path | None:
         ax.set_title(workload)
         ax.set_ylabel("torn per 1,000 stamped pages")
     axes[0].legend(fontsize="small")
+    return _save(fig, path)
+
+
+def stack_damage(run: RunResult | None) -> float:
+    """What the run's stack's own checkers counted (nan: the run was not measured)."""
+    if run is None or not run.completed or run.checks is None:
+        return float("nan")
+    return float(own_damage(run.checks))
+
+
+# The cells where the stack's own checkers counted nothing, by what else is known.
+_NOT_MEASURED, _CLEAN, _UNSEEN = 0, 1, 2
+_QUIET = ListedColormap(["#e6e6e6", "#cde8c8", "#f3c46b"])
+_QUIET_LABELS = ("not measured", "clean", "legs differ or a checker failed; its checkers: 0")
+# Reds from a visible pink up, so that a count of 1 never looks like an empty cell.
+_DAMAGE = ListedColormap(colormaps["Reds"](np.linspace(0.3, 1.0, 256)))
+
+
+def _quiet(run: RunResult | None) -> int:
+    if run is None or not run.completed or run.checks is None:
+        return _NOT_MEASURED
+    unseen = bool(run.checks.mirror_diff_pages) or bool(run.checks.errors)
+    return _UNSEEN if unseen else _CLEAN
+
+
+def _row_label(setting: Setting) -> str:
+    stack, fs, workload = setting
+    label = f"{stack} {workload}" if fs == stack else f"{stack} {fs} {workload}"
+    return "\n".join(textwrap.wrap(label, 40))
+
+
+def _damage_panel(
+    ax: Axes, grid: Sequence[Sequence[RunResult | None]], norm: LogNorm, kernels: Sequence[str]
+) -> None:
+    values = np.array([[stack_damage(run) for run in row] for row in grid], dtype=np.float64)
+    quiet = np.array([[_quiet(run) for run in row] for row in grid], dtype=np.float64)
+    ax.imshow(np.ma.masked_where(values > 0, quiet), cmap=_QUIET, vmin=-0.5, vmax=2.5,
+              aspect="auto")  # fmt: skip
+    ax.imshow(np.ma.masked_where(~(values > 0), values), cmap=_DAMAGE, norm=norm, aspect="auto")
+    dark = np.sqrt(norm.vmax or 1.0)
+    for (i, j), run in np.ndenumerate(np.array(grid, dtype=object)):
+        text = "\n".join(textwrap.wrap(verdict_cell(run), 18))
+        ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                color="white" if values[i, j] > dark else "black")  # fmt: skip
+    ax.set_xticks(range(len(kernels)), kernels, rotation=15, ha="right", fontsize=8)
+    ax.set_xticks(np.arange(len(kernels) + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(len(grid) + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=2)
+    ax.tick_params(which="minor", length=0)
+
+
+def plot_stack_checkers(runs: Sequence[RunResult], path: Path) -> Path | None:
+    """A heatmap per stable_writes setting (side by side): one row per stack x fs x workload,
+    one column per kernel, coloured by the damage the stack's own checkers counted (its own
+    units, log scale), else green (clean), amber (legs differ or a checker failed while the
+    others counted nothing) or grey (not measured), each cell labelled with the verdict.
+    None when no run is on a stack."""
+    mine = stack_runs(runs)
+    if not mine:
+        return None
+    rows, kernels = settings(mine), ordered(r.kernel for r in mine)
+    panels = sorted({r.stable_writes for r in mine})
+    found = {(setting_of(r), r.stable_writes, r.kernel): r for r in mine}
+    top = max([stack_damage(r) for r in mine if stack_damage(r) > 0], default=1.0)
+    norm = LogNorm(vmin=1.0, vmax=max(top, 10.0))
+    fig = Figure(figsize=(3.0 + 2.2 * len(kernels) * len(panels), 2.0 + 0.6 * len(rows)),
+                 layout="constrained")  # fmt: skip
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, sw in zip(axes, panels, strict=True):
+        grid = [[found.get((s, sw, k)) for k in kernels] for s in rows]
+        _damage_panel(ax, grid, norm, kernels)
+        ax.set_title(f"stable_writes={sw} (the run's, on the top device)", fontsize=9)
+    axes[0].set_yticks(range(len(rows)), [_row_label(s) for s in rows], fontsize=8)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=_DAMAGE), ax=list(axes),
+                 label="found by the stack's own checkers (their units)")  # fmt: skip
+    handles = [Patch(color=_QUIET(i), label=label) for i, label in enumerate(_QUIET_LABELS)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)
+    fig.suptitle("Damage each stack's own checkers found, per kernel")
     return _save(fig, path)

@@ -1,7 +1,8 @@
 """Render a report directory: report.json + runs/*/events.jsonl -> report.md, report.html, PNGs.
 
 This module owns the report's content and layout: the header (where and how it ran), the
-computed findings, a table per filesystem, the mmap caveat, the plots and the per-run details.
+computed findings, the storage stacks' checkers (nbdfork.experiments.matrix.stacktable), a
+table per filesystem, the mmap caveat, the plots and the per-run details.
 Rendering depends only on the saved files, so `nbdfork report OUT` can redo it at any time.
 """
 
@@ -14,14 +15,16 @@ from pathlib import Path
 from typing import Literal
 
 from nbdfork.experiments.matrix.events import EVENTS_FILE, TearSamples, read_tears
-from nbdfork.experiments.matrix.findings import findings, ordered, workloads
+from nbdfork.experiments.matrix.findings import findings, ordered, stack_label, workloads
 from nbdfork.experiments.matrix.plots import (
     KERNELS,
     LATENCY_CDF,
     PLOT_FILES,
+    STACK_CHECKERS,
     TEAR_OFFSETS,
     TORN_OVER_TIME,
     plot_kernels,
+    plot_stack_checkers,
     plot_tear_offsets,
     plot_torn_over_time,
     plot_writer_latency_cdf,
@@ -33,6 +36,7 @@ from nbdfork.experiments.matrix.schema import (
     RunResult,
     load_report,
 )
+from nbdfork.experiments.matrix.stacktable import stack_section
 from nbdfork.report.document import (
     Block,
     Bullets,
@@ -52,6 +56,7 @@ _PLOT_TITLES = {
     TORN_OVER_TIME: "Torn writes over time",
     TEAR_OFFSETS: "Where in the page tears start",
     KERNELS: "Kernels side by side: torn pages per workload (each panel one question)",
+    STACK_CHECKERS: "Damage each stack's own checkers found, per kernel",
 }
 
 
@@ -124,6 +129,10 @@ _FS_HEADER = ("stable_writes", "workload", "outcome", "torn / stamped", "stale",
               "device p99 ms")
 
 
+_LEFT: tuple[Literal["l", "r"]] = ("l",)
+_FS_ALIGN: tuple[Literal["l", "r"], ...] = ("r", "l", "l", *("r",) * 9)
+
+
 def metadata_cell(run: RunResult) -> str:
     """The run's filesystem metadata verdicts (torn / stale / overlapping of its blocks), or
     `-` when the device did not judge that format (an older report, formats= without it)."""
@@ -143,28 +152,33 @@ def _fs_row(run: RunResult) -> tuple[str, ...]:
 
 
 def _by_workload(runs: Sequence[RunResult]) -> list[RunResult]:
-    # Workload-major so the stable_writes 0/1 pair of a workload sits on adjacent rows.
+    # Stack, then workload, so the stable_writes 0/1 pair of a workload sits on adjacent rows.
     order = {w: i for i, w in enumerate(workloads(runs))}
-    return sorted(runs, key=lambda r: (order[r.workload], r.stable_writes))
+    stacks = ordered(stack_label(r) for r in runs)
+    return sorted(runs, key=lambda r: (stacks.index(stack_label(r)), order[r.workload],
+                                       r.stable_writes))  # fmt: skip
 
 
 def _fs_tables(runs: Sequence[RunResult]) -> list[Block]:
     """One table per filesystem; with several kernels, a kernel column keeps them side by side
-    (kernel-major, so each kernel's stable_writes pair sits together)."""
+    (kernel-major, so each kernel's stable_writes pair sits together); a stack column when
+    some run is on a stack."""
     blocks: list[Block] = []
     kernels = ordered(r.kernel for r in runs)
+    stacked = any(r.stack != "plain" for r in runs)
     for fs in ordered(r.fs for r in runs):
         mine = [r for r in runs if r.fs == fs]
-        if len(kernels) == 1:
-            rows = tuple(_fs_row(r) for r in _by_workload(mine))
-            blocks += [Heading(fs), Table(_FS_HEADER, rows, ("r", "l", "l") + ("r",) * 9)]
-            continue
+        keys: list[tuple[str, Callable[[RunResult], str]]] = []
+        if len(kernels) > 1:
+            keys.append(("kernel", lambda r: r.kernel))
+        if stacked:
+            keys.append(("stack", stack_label))
         rows = tuple(
-            (k, *_fs_row(r)) for k in kernels for r in _by_workload([x for x in mine
-                                                                      if x.kernel == k])
+            (*(cell(r) for _, cell in keys), *_fs_row(r))
+            for k in kernels for r in _by_workload([x for x in mine if x.kernel == k])
         )  # fmt: skip
-        blocks += [Heading(fs), Table(("kernel", *_FS_HEADER), rows,
-                                      ("l", "r", "l", "l") + ("r",) * 9)]  # fmt: skip
+        align = _LEFT * len(keys) + _FS_ALIGN
+        blocks += [Heading(fs), Table((*(name for name, _ in keys), *_FS_HEADER), rows, align)]
     return blocks
 
 
@@ -295,6 +309,7 @@ def build_document(report: MatrixReport, plots: Sequence[str]) -> list[Block]:
     return [
         *_header(report),
         *_findings(report),
+        *stack_section(report.runs),
         *_fs_tables(report.runs),
         *_formats_section(report.runs),
         *_mmap_section(report.runs),
@@ -314,6 +329,7 @@ def _write_plots(out_dir: Path, report: MatrixReport) -> list[Path]:
         plot_torn_over_time(report.runs, tears, out_dir / TORN_OVER_TIME),
         plot_tear_offsets(report.runs, tears, out_dir / TEAR_OFFSETS),
         plot_kernels(report.runs, out_dir / KERNELS),
+        plot_stack_checkers(report.runs, out_dir / STACK_CHECKERS),
     ]
     written = [p for p in drawn if p is not None]
     # A plot left over from an earlier render would no longer match this report's data.

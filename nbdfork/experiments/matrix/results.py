@@ -97,8 +97,10 @@ def run_record(
     device: Mapping[str, Any],
     missing: tuple[Outcome, str] | None = None,
     collect_error: str | None = None,
+    overrides: Mapping[str, Mapping[str, str]] | None = None,
 ) -> RunResult:
-    """One entry of report.json's `runs`, from the run's directory."""
+    """One entry of report.json's `runs`, from the run's directory; `overrides` are the
+    plugin parameters of single devices (`--device-param`), kept for the run's own devices."""
     run_dir = out / "runs" / spec.id
     result = read_record(run_dir / "result.json")
     found = _summary(run_dir)
@@ -139,6 +141,8 @@ def run_record(
         error=error,
         seed=spec.seed,
         device=dict(device),
+        device_overrides={k: dict(v) for k, v in (overrides or {}).items()
+                          if int(k) < spec.devices},
         guest_cpu=_typed(GuestCpu, record.cpu, f"{run_dir}/result.json"),
         durations=Durations(setup_s=record.durations.setup_s,
                             workload_s=record.durations.workload_s,
@@ -269,7 +273,7 @@ def run_records(
     device = {k: v for k, v in plan.device.items() if k != "report"}
     errors = collect_errors or {}
     return tuple(run_record(s, Path(plan.out), kernel=kernel, device=device, missing=missing,
-                            collect_error=errors.get(s.id))
+                            collect_error=errors.get(s.id), overrides=plan.device_overrides)
                  for s in plan.runs)  # fmt: skip
 
 

@@ -145,6 +145,9 @@ class RunResult(Record, frozen=True, kw_only=True):
     layers: tuple[LayerReport, ...] = ()  # top down: stable_writes (kernel's, the run's)
     checks: StackChecks | None = None  # every layer's own checker after the workload
     devices: tuple[DeviceVerdicts, ...] = ()  # per device of the stack (counts above: the sum)
+    # plugin parameters of one device only (--device-param N:KEY=VALUE), by device index:
+    # a damaged leg is a control, not a finding, and the report must say which runs had one
+    device_overrides: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)
     # per format the device judged (stamp, the filesystem's metadata, fio): torn, stale,
     # overlapping and blocks; `torn`/`stale` above are the stamp's, as before formats
     formats: dict[str, FormatVerdicts] = msgspec.field(default_factory=dict)
