@@ -16,7 +16,7 @@ FLOORS: dict[str, int] = {
     "nbdfork.harness": 4,
     "nbdfork.experiments": 5,
     "nbdfork.campaign": 6,
-    "nbdfork.commands": 7, "nbdfork.cli": 7,
+    "nbdfork.commands": 7, "nbdfork.cli": 7, "nbdfork.__main__": 7,
 }  # fmt: skip
 """DESIGN.md §2 as numbers: the ground floor (errors, seeds, parameters, logs, safe files,
 options), the device, the oracle that judges what it records, what runs on them (workloads,

@@ -1,0 +1,5 @@
+"""`python -m nbdfork`: the same command line as the `nbdfork` script."""
+
+from nbdfork.cli import main
+
+raise SystemExit(main())
