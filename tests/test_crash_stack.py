@@ -1,0 +1,157 @@
+"""Crash states of a storage stack: several devices' traces cut at one instant on one clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import nbd
+import pytest
+
+from nbdfork.config import parse_params
+from nbdfork.device.clock import FakeClock
+from nbdfork.device.device import Device
+from nbdfork.device.trace import Op, read_clock_origin
+from nbdfork.errors import OracleError
+from nbdfork.experiments.crash.cut import (
+    MemberTrace,
+    marker_times,
+    run_stack_campaign,
+    stack_points,
+    timeline,
+)
+from nbdfork.experiments.crash.states import CampaignPlan
+from nbdfork.experiments.crash.workload import Checkpoint, Ledger
+from nbdfork.oracle.events import NullSink
+from nbdfork.oracle.verify import judge
+from tests.conftest import close_handle
+
+SIZE = 1 << 20
+MARKER = 64 << 10  # the clock device's marker slots
+A, B, C, D = (bytes([v]) * 4096 for v in (0xA1, 0xB2, 0xC3, 0xD4))
+
+
+def _ledger(count: int) -> Ledger:
+    return Ledger(MARKER, [Checkpoint(i, {}) for i in range(count)])
+
+
+def _record(tmp: Path, connect: Callable[..., nbd.NBD]) -> tuple[list[MemberTrace], MemberTrace]:
+    """Two member devices and a clock device, each its own real nbdkit, driven in one order:
+    dev0 A, clock marker 0, dev1 B, dev1 flush, dev0 C, clock marker 1, dev1 D (FUA)."""
+    handles = []
+    for name in ("m0", "m1", "clock"):
+        handles.append(connect(f"size={SIZE}", f"trace={tmp / name}.trace", "cache=volatile",
+                               "oracle=off", "seed=3"))  # fmt: skip
+    m0, m1, clock = handles
+    m0.pwrite(A, 0)
+    clock.pread(4096, MARKER)
+    m1.pwrite(B, 0)
+    m1.flush()
+    m0.pwrite(C, 8192)
+    clock.pread(4096, MARKER + 4096)
+    m1.pwrite(D, 8192, nbd.CMD_FLAG_FUA)
+    for handle in handles:
+        handle.shutdown()
+        close_handle(handle)
+    traces = [MemberTrace.open(tmp / f"{n}.trace") for n in ("m0", "m1", "clock")]
+    return traces[:2], traces[2]
+
+
+@pytest.fixture
+def recorded(
+    tmp_path: Path, connect: Callable[..., nbd.NBD]
+) -> tuple[list[MemberTrace], MemberTrace]:
+    """The traces of _record."""
+    return _record(tmp_path, connect)
+
+
+def test_real_traces_merge_in_the_order_the_client_saw_replies(
+    recorded: tuple[list[MemberTrace], MemberTrace],
+) -> None:
+    """Three nbdkit processes, one host clock: the merged timeline of the members is the
+    order in which one client issued (and saw replied) its requests across them."""
+    members, clock = recorded
+    ops = [(m, r.op, r.offset) for _, m, r in timeline(members) if r.op != Op.CLOSE]
+    assert ops == [(0, Op.WRITE, 0), (1, Op.WRITE, 0), (1, Op.FLUSH, 0), (0, Op.WRITE, 8192),
+                   (1, Op.WRITE, 8192)]  # fmt: skip
+    markers = marker_times(clock, MARKER)
+    times = [t for t, _, r in timeline(members) if r.op != Op.CLOSE]
+    assert times[0] < markers[0] < times[1] and times[3] < markers[1] < times[4]
+    assert len({m.origin for m in (*members, clock)}) == 3  # each nbdkit started on its own
+
+
+def test_points_carry_the_checkpoint_in_force_across_devices(
+    recorded: tuple[list[MemberTrace], MemberTrace],
+) -> None:
+    """`flush`, `fua` and `any` points are records of any member, each with the last
+    checkpoint whose marker replied before it; `checkpoint` cuts right before each marker."""
+    members, clock = recorded
+    markers = marker_times(clock, MARKER)
+    assert stack_points(members, markers, "any") == [(1, 0), (2, 0), (3, 0), (4, 1)]
+    assert stack_points(members, markers, "flush") == [(2, 0)]
+    assert stack_points(members, markers, "fua") == [(4, 1)]
+    assert stack_points(members, markers, "checkpoint") == [(0, 0), (3, 1)]
+
+
+def test_each_member_keeps_its_own_durable_writes_at_the_instant(
+    recorded: tuple[list[MemberTrace], MemberTrace], tmp_path: Path
+) -> None:
+    """After dev1's FUA write: dev1 holds B (flushed) and D (FUA) in every state; dev0's A and
+    C were never flushed, so some states keep them and some do not."""
+    members, clock = recorded
+    plan = CampaignPlan(states=40, seed=5, device_size=SIZE, points="fua", per_point=40)
+    seen: dict[int, set[bytes]] = {0: set(), 8192: set()}
+
+    def check(images: list[Path], checkpoint: Checkpoint) -> dict[str, object]:
+        m0, m1 = (p.read_bytes() for p in images)
+        assert m1[:4096] == B and m1[8192:12288] == D and checkpoint.index == 1
+        for offset, kept in seen.items():
+            kept.add(m0[offset : offset + 4096][:512])  # a tear keeps whole sectors
+        return {"ok": True}
+
+    results = list(run_stack_campaign(members, clock, _ledger(2), plan, tmp_path, check=check))
+    assert len(results) == 40 and all(r.recovery == {"ok": True} for r in results)
+    assert seen == {0: {A[:512], bytes(512)}, 8192: {C[:512], bytes(512)}}
+    assert [len(r.reproducer["members"]) for r in results[:1]] == [2]  # type: ignore[arg-type]
+    again = list(run_stack_campaign(members, clock, _ledger(2), plan, tmp_path))
+    assert [r.reproducer for r in again] == [r.reproducer for r in results]
+
+
+def test_marker_count_must_match_the_ledger(
+    recorded: tuple[list[MemberTrace], MemberTrace], tmp_path: Path
+) -> None:
+    """A clock trace whose markers do not match the ledger's checkpoints is refused."""
+    members, clock = recorded
+    plan = CampaignPlan(states=1, seed=5, device_size=SIZE)
+    with pytest.raises(OracleError, match="2 checkpoint markers in the clock trace but 3"):
+        list(run_stack_campaign(members, clock, _ledger(3), plan, tmp_path))
+
+
+def test_fake_clocks_put_devices_on_one_timeline(tmp_path: Path) -> None:
+    """Devices that started at different instants: origin + reply time orders their records
+    (a device started later but written earlier comes first)."""
+    clocks = [FakeClock(start=100.0), FakeClock(start=40.0)]
+    devices = []
+    for m, clock in enumerate(clocks):
+        config = parse_params([("size", str(SIZE)), ("trace", str(tmp_path / f"{m}.trace")),
+                               ("cache", "volatile"), ("oracle", "off")])  # fmt: skip
+        devices.append(Device(config, judge(NullSink()), clock))
+    clocks[1].sleep(70.0)  # device 1 at 110
+    devices[1].pwrite(1, A, 0, fua=False)
+    clocks[0].sleep(20.0)  # device 0 at 120
+    devices[0].pwrite(1, B, 0, fua=False)
+    for device in devices:
+        device.close()
+    assert read_clock_origin(tmp_path / "0.trace") == 100.0
+    members = [MemberTrace.open(tmp_path / f"{m}.trace") for m in range(2)]
+    merged = [(t, m, r.op) for t, m, r in timeline(members)]
+    assert merged[:2] == [(110.0, 1, Op.WRITE), (120.0, 0, Op.WRITE)]
+
+
+def test_a_trace_without_its_clock_file_is_refused(tmp_path: Path) -> None:
+    """No clock file, no place on the shared timeline: OracleError naming the file."""
+    config = parse_params([("size", str(SIZE)), ("trace", str(tmp_path / "t.trace"))])
+    Device(config, None, FakeClock()).close()
+    (tmp_path / "t.trace.clock").unlink()
+    with pytest.raises(OracleError, match=r"t\.trace\.clock: no clock origin"):
+        MemberTrace.open(tmp_path / "t.trace")
