@@ -1,0 +1,224 @@
+"""A crash state of a storage stack, recovered the way the stack recovers itself (guest side).
+
+The members' images are attached to loop devices in stack order and the stack is brought up
+with its own tools, as after a power cut, then judged by its own checkers and by the
+filesystem on top:
+
+- md raid1/raid5: `mdadm --assemble --run` with md's `start_ro` set, so the dirty array waits
+  in read-auto instead of resyncing at once; `check` (mismatch_cnt before md's resync), then
+  `resync` until md/resync_start reads `none`, then `check` again (after).
+- btrfs, btrfs raid1: mount naming every member (log replay), then `btrfs scrub -B`.
+- dm-integrity J/D/B: `integritysetup open` in the mode it was formatted for (J replays its
+  journal, B recalculates the regions its bitmap marks dirty), then an O_DIRECT read of every
+  block counting the ones the target refuses, before anything else writes to it.
+
+Then, every stack: mount the top (journal replay), the ledger's files, unmount, the
+filesystem's read-only checker. Each checker's raw result goes into the state's row beside the
+findings (nbdfork.experiments.crash.expectations names them) that decide its verdict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+
+from nbdfork.experiments.crash.expectations import judge_state
+from nbdfork.experiments.crash.fscheck import check_files
+from nbdfork.experiments.crash.workload import Checkpoint
+from nbdfork.experiments.stacks import StackError, StackSpec, plan_stack
+from nbdfork.experiments.stacks.checks import (
+    check_btrfs_scrub,
+    check_dm_integrity,
+    check_fsck,
+)
+from nbdfork.experiments.stacks.guest import Log, block_name, read_attribute, run_tool
+from nbdfork.experiments.stacks.plan import INTEGRITY_NAME, MD_DEVICE, BuildPlan
+from nbdfork.experiments.stacks.results import MdCheckResult
+
+__all__ = ["MD_START_RO", "StackRecovery"]
+
+MD_START_RO = Path("/sys/module/md_mod/parameters/start_ro")
+_INTEGRITY_FLAGS = {"J": (), "D": ("--integrity-no-journal",), "B": ("--integrity-bitmap-mode",)}
+_TIMEOUT_S = 600.0
+
+
+class StackRecovery:
+    """Checks crash states of one stack: `check(images, checkpoint)` is a StackChecker."""
+
+    def __init__(self, spec: StackSpec, fs: str, mountpoint: Path, log: Log) -> None:
+        self.spec, self.fs, self.mountpoint, self.log = spec, fs, mountpoint, log
+
+    def check(self, images: list[Path], checkpoint: Checkpoint) -> dict[str, object]:
+        """Recover the state on loop devices, run every checker; the row's `recovery`."""
+        findings: dict[str, int] = {}
+        result: dict[str, object] = {}
+        try:
+            with _loops(images, self.log) as loops:
+                plan = plan_stack(self.spec, loops, self.fs, str(self.mountpoint))
+                try:
+                    self._recover(plan, findings, result, checkpoint)
+                finally:
+                    self._release(plan)
+        except (StackError, OSError, ValueError) as exc:
+            findings["recovery_failed"] = 1
+            result["error"] = f"{type(exc).__name__}: {exc}"
+            self.log(f"# recovery failed: {exc}")
+        verdict = judge_state(self.spec.label, findings)
+        return {"findings": findings, **msgspec.to_builtins(verdict), **result}
+
+    def _recover(
+        self, plan: BuildPlan, findings: dict[str, int], result: dict[str, object],
+        checkpoint: Checkpoint,
+    ) -> None:  # fmt: skip
+        if plan.md_device is not None:
+            result["md"] = self._md(plan, findings)
+        elif plan.integrity_name is not None:
+            self._open_integrity(plan)
+            integrity = check_dm_integrity(plan, self.log)
+            findings["integrity_errors"] = integrity.integrity_errors
+            result["dm_integrity"] = msgspec.to_builtins(integrity)
+        elif plan.filesystem == "btrfs":
+            run_tool(self.log, "btrfs", ("btrfs", "device", "scan", "--forget"), 60.0)
+        result["fs"] = self._filesystem(plan, findings, checkpoint)
+        if plan.filesystem == "btrfs" and findings.get("mount_failed") == 0:
+            scrub = check_btrfs_scrub(plan, self.log)
+            findings["scrub_csum_errors"] = scrub.csum_errors
+            findings["scrub_uncorrectable"] = scrub.uncorrectable
+            result["btrfs_scrub"] = msgspec.to_builtins(scrub)
+
+    # --- md -----------------------------------------------------------------------------
+
+    def _md(self, plan: BuildPlan, findings: dict[str, int]) -> dict[str, object]:
+        md = plan.md_device or MD_DEVICE
+        self._checked("md", ("mdadm", "--assemble", md, "--run", *plan.devices))
+        state = read_attribute(md, "md/array_state")
+        degraded = int(read_attribute(md, "md/degraded"))
+        findings["md_degraded"] = degraded
+        out: dict[str, object] = {"array_state": state, "degraded": degraded}
+        if state == "read-auto":  # md's start_ro: nothing has resynced yet
+            before = _md_action(md, "check", self.log)
+            findings["md_mismatch_before_resync"] = before.mismatch_cnt
+            out["before_resync"] = msgspec.to_builtins(before)
+        resync = _md_resync(md, self.log)
+        out["resync_s"] = resync
+        after = _md_action(md, "check", self.log)
+        findings["md_mismatch_after_resync"] = after.mismatch_cnt
+        out["after_resync"] = msgspec.to_builtins(after)
+        return out
+
+    # --- dm-integrity -------------------------------------------------------------------
+
+    def _open_integrity(self, plan: BuildPlan) -> None:
+        flags = _INTEGRITY_FLAGS[plan.mode]
+        name = plan.integrity_name or INTEGRITY_NAME
+        argv = ("integritysetup", "open", "--integrity", "crc32c", *flags, plan.devices[0], name)
+        self._checked("integrity", argv)
+
+    # --- the filesystem on top ----------------------------------------------------------
+
+    def _filesystem(
+        self, plan: BuildPlan, findings: dict[str, int], checkpoint: Checkpoint
+    ) -> dict[str, object]:
+        out: dict[str, object] = {}
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        code, text = run_tool(self.log, "mount", plan.mount.argv, plan.mount.timeout_s)
+        out["mount_ok"] = code == 0
+        findings["mount_failed"] = int(code != 0)
+        if code == 0:
+            try:
+                problems = check_files(self.mountpoint, checkpoint)
+            finally:
+                run_tool(self.log, "umount", plan.umount.argv, plan.umount.timeout_s)
+            out["ledger_violations"] = problems
+            findings["ledger_violations"] = len(problems)
+        else:
+            out["mount_output"] = text[-2000:]
+        fsck = check_fsck(plan, self.log)
+        out["fsck_ok"] = fsck.clean
+        findings["fsck_failed"] = int(not fsck.clean)
+        if not fsck.clean:
+            out["fsck_output"] = "\n".join(fsck.output_tail)[-2000:]
+        return out
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _checked(self, step: str, argv: tuple[str, ...]) -> str:
+        code, out = run_tool(self.log, step, argv, _TIMEOUT_S)
+        if code != 0:
+            last = (out.strip().splitlines() or [""])[-1][:200]
+            raise StackError(f"{step}: {argv[0]} exited {code}: {last}")
+        return out
+
+    def _release(self, plan: BuildPlan) -> None:
+        """Take the stack down again (what was brought up), ignoring what was not."""
+        run_tool(self.log, "release", ("umount", str(self.mountpoint)), 60.0)
+        if plan.md_device is not None:
+            run_tool(self.log, "release", ("mdadm", "--stop", plan.md_device), 120.0)
+        if plan.integrity_name is not None:
+            run_tool(self.log, "release", ("integritysetup", "close", plan.integrity_name), 120.0)
+
+
+def _md_action(md: str, action: str, log: Log) -> MdCheckResult:
+    """`echo ACTION > md/sync_action`, wait until md is idle again; mismatch_cnt."""
+    started = time.monotonic()
+    path = Path("/sys/block") / block_name(md) / "md" / "sync_action"
+    log(f"# echo {action} > {path}")
+    path.write_text(f"{action}\n")
+    _wait_done(path.parent, action, started)
+    return MdCheckResult(md, read_attribute(md, "md/level"),
+                         int(read_attribute(md, "md/mismatch_cnt")),
+                         round(time.monotonic() - started, 3))  # fmt: skip
+
+
+def _md_resync(md: str, log: Log) -> float:
+    """md's own recovery of a dirty array: resync until md/resync_start reads `none`."""
+    started = time.monotonic()
+    base = Path("/sys/block") / block_name(md) / "md"
+    while (base / "resync_start").read_text().strip() != "none":
+        if time.monotonic() - started > _TIMEOUT_S:
+            raise StackError(f"resync: {md} not in sync after {_TIMEOUT_S:g} s")
+        if (base / "sync_action").read_text().strip() == "idle":
+            log(f"# echo resync > {base / 'sync_action'}")
+            with contextlib.suppress(OSError):  # EBUSY: md started it on its own meanwhile
+                (base / "sync_action").write_text("resync\n")
+        time.sleep(0.2)
+    _wait_done(base, None, started)
+    return round(time.monotonic() - started, 3)
+
+
+def _wait_done(base: Path, action: str | None, started: float) -> None:
+    """Until md has run `action` (md/last_sync_action, set when md starts it from its own
+    thread; None: whatever runs) and is idle again."""
+    last = base / "last_sync_action"
+    # A check of the same array ran before: wait (briefly) to see this one start.
+    seen = time.monotonic() + 5.0
+    while action is not None and time.monotonic() < seen:
+        if (base / "sync_action").read_text().strip() == action:
+            break
+        time.sleep(0.05)
+    while ((action is not None and last.read_text().strip() != action)
+           or (base / "sync_action").read_text().strip() != "idle"):  # fmt: skip
+        if time.monotonic() - started > _TIMEOUT_S:
+            raise StackError(f"md: {action} not done after {_TIMEOUT_S:g} s")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _loops(images: list[Path], log: Log) -> Iterator[list[str]]:
+    """Each image on a loop device (in order), detached afterwards."""
+    loops: list[str] = []
+    try:
+        for image in images:
+            code, out = run_tool(log, "losetup", ("losetup", "--find", "--show", str(image)),
+                                 60.0)  # fmt: skip
+            if code != 0:
+                raise StackError(f"losetup: {out.strip()[-200:]}")
+            loops.append(out.strip().splitlines()[-1])
+        yield loops
+    finally:
+        for loop in loops:
+            run_tool(log, "losetup", ("losetup", "-d", loop), 60.0)
