@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import nbd
 import pytest
 
@@ -20,8 +23,12 @@ from nbdfork.experiments.crash.cut import (
     stack_points,
     timeline,
 )
+from nbdfork.experiments.crash.expectations import EXPECTATIONS, FINDINGS, judge_state
+from nbdfork.experiments.crash.guest import CrashPlan
+from nbdfork.experiments.crash.schema import StateRow
 from nbdfork.experiments.crash.states import CampaignPlan
 from nbdfork.experiments.crash.workload import Checkpoint, Ledger
+from nbdfork.experiments.stacks.catalogue import STACKS
 from nbdfork.oracle.events import NullSink
 from nbdfork.oracle.verify import judge
 from tests.conftest import close_handle
@@ -155,3 +162,56 @@ def test_a_trace_without_its_clock_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "t.trace.clock").unlink()
     with pytest.raises(OracleError, match=r"t\.trace\.clock: no clock origin"):
         MemberTrace.open(tmp_path / "t.trace")
+
+
+@pytest.mark.parametrize(
+    ("stack", "findings", "verdict"),
+    [
+        ("md-raid1", {"md_mismatch_before_resync": 0, "md_mismatch_after_resync": 0}, "clean"),
+        ("md-raid1", {"md_mismatch_before_resync": 128, "md_mismatch_after_resync": 0},
+         "exposure"),
+        ("md-raid5:skip_copy", {"md_mismatch_after_resync": 8}, "violation"),
+        ("dm-integrity:D", {"integrity_errors": 3, "ledger_violations": 1}, "exposure"),
+        ("dm-integrity:D", {"integrity_errors": 0, "ledger_violations": 1}, "violation"),
+        ("dm-integrity:J", {"integrity_errors": 1}, "violation"),
+        ("dm-integrity:B", {"integrity_errors": 1}, "violation"),
+        ("btrfs-raid1", {"scrub_csum_errors": 2}, "violation"),
+        ("md-raid1", {"recovery_failed": 1}, "violation"),
+    ],
+)  # fmt: skip
+def test_states_are_judged_by_what_each_layer_documents(
+    stack: str, findings: dict[str, int], verdict: str
+) -> None:
+    """md's mismatch before its resync and dm-integrity D's unmatched tags (and the damage on
+    top of them) are documented exposures; J, B, btrfs, md after resync: violations."""
+    judged = judge_state(stack, findings)
+    assert judged.verdict == verdict
+    assert set(judged.documented) | set(judged.violations) == {k for k, v in findings.items() if v}
+
+
+def test_every_stack_has_an_expectation_entry_and_every_finding_a_meaning() -> None:
+    """The table covers every stack label `--stack` accepts and names only known findings."""
+    labels = {f"{name}:{mode}" if mode else name
+              for name, entry in STACKS.items() for mode in entry.modes}  # fmt: skip
+    assert labels == set(EXPECTATIONS)
+    assert {e.finding for table in EXPECTATIONS.values() for e in table} <= set(FINDINGS)
+
+
+def test_a_plain_plan_is_written_as_before(tmp_path: Path) -> None:
+    """Without a stack the guest's plan has exactly the fields it always had; with one, the
+    stack's fields round-trip."""
+    plan = CrashPlan(out="o", plugin="p", venv="v", fs="ext4", states=1, control_states=0,
+                     seconds=1.0, seed=1)  # fmt: skip
+    plan.write(tmp_path / "plain.json")
+    assert not {"stack", "nbd_targets", "host_traces"} & set(
+        json.loads((tmp_path / "plain.json").read_text()))
+    stacked = dataclasses.replace(plan, stack="md-raid1", host_traces=("a", "b", "c"),
+                                  nbd_targets=(("h", "1"), ("h", "2"), ("h", "3")))  # fmt: skip
+    stacked.write(tmp_path / "stack.json")
+    assert CrashPlan.read(tmp_path / "stack.json") == stacked
+
+
+def test_a_plain_report_has_no_stack_fields() -> None:
+    """A single-device report encodes no `stack` (UNSET), so its bytes are what they were."""
+    row = StateRow(point=1, checkpoint=0, index=0, outcome="passed", reproducer={})
+    assert b"stack" not in msgspec.json.encode(row)
