@@ -167,8 +167,9 @@ def test_a_trace_without_its_clock_file_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("stack", "findings", "verdict"),
     [
-        ("md-raid1", {"md_mismatch_before_resync": 0, "md_mismatch_after_resync": 0}, "clean"),
-        ("md-raid1", {"md_mismatch_before_resync": 128, "md_mismatch_after_resync": 0},
+        ("md-raid1", {"md_members_differ_before_resync": 0, "md_mismatch_after_resync": 0},
+         "clean"),
+        ("md-raid1", {"md_members_differ_before_resync": 128, "md_mismatch_after_resync": 0},
          "exposure"),
         ("md-raid5:skip_copy", {"md_mismatch_after_resync": 8}, "violation"),
         ("dm-integrity:D", {"integrity_errors": 3, "ledger_violations": 1}, "exposure"),

@@ -37,7 +37,8 @@ Verdict = Literal["clean", "exposure", "violation"]
 FINDINGS: dict[str, str] = {
     "recovery_failed": "a step of the stack's own recovery failed (assemble, open, resync)",
     "md_degraded": "md assembled the array without a member (its superblock was stale)",
-    "md_mismatch_before_resync": "md `check` before md's own resync: mismatch_cnt (sectors)",
+    "md_members_differ_before_resync": "4 KiB pages where md's members disagree (mirror "
+    "copies differ, raid5 stripe does not XOR to zero) before md's own resync",
     "md_mismatch_after_resync": "md `check` after md's own resync: mismatch_cnt (sectors)",
     "scrub_csum_errors": "btrfs scrub: checksum errors",
     "scrub_uncorrectable": "btrfs scrub: errors no copy could correct",
@@ -61,7 +62,7 @@ class Expectation(msgspec.Struct, frozen=True):
 
 
 _MD_RESYNC = Expectation(
-    "md_mismatch_before_resync", True,
+    "md_members_differ_before_resync", True,
     "md(4) UNCLEAN SHUTDOWN: writes to the members do not happen at once, so after a crash "
     "the array may be inconsistent; md marks it dirty and resyncs it when it starts",
 )  # fmt: skip

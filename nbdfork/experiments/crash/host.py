@@ -129,8 +129,8 @@ def _member_mib(stack: str, fs: str) -> int:
     takes room (dm-integrity's tags and journal; xfs refuses less than 300 MB)."""
     if stack == "dm-integrity" and fs == "xfs":
         return 352
-    if stack == "md-raid5" and fs == "ext4":
-        return 64  # two members' worth of data
+    if stack.startswith("md-") and fs == "ext4":
+        return 64  # md compares, resyncs and checks every member in every state
     return _DEVICE_MIB[fs]
 
 
@@ -246,10 +246,14 @@ def _outcome(
 ) -> CrashOutcome:  # fmt: skip
     if lost:
         return "vm_lost"
+    if not isinstance(stack, msgspec.UnsetType):
+        # A stack's control must be judged a violation somewhere (a lost write, an array
+        # that no longer assembles): else the checkers could not fail.
+        if control_wanted and not (stack.control_verdicts or {}).get("violation"):
+            return "control_failed"
+        return "violations" if stack.violations else "passed"  # exposures are documented
     if control_wanted and control is None:
         return "control_failed"  # asked for, never completed: the passes are unconfirmed
     if control is not None and control.ledger_violations == 0:
         return "control_failed"  # the checker could not fail: its passes mean nothing
-    if not isinstance(stack, msgspec.UnsetType):  # documented exposures are not failures
-        return "violations" if stack.violations else "passed"
     return "violations" if summary.failures else "passed"

@@ -5,8 +5,9 @@ with its own tools, as after a power cut, then judged by its own checkers and by
 filesystem on top:
 
 - md raid1/raid5: `mdadm --assemble --run` with md's `start_ro` set, so the dirty array waits
-  in read-auto instead of resyncing at once; `check` (mismatch_cnt before md's resync), then
-  `resync` until md/resync_start reads `none`, then `check` again (after).
+  in read-auto instead of resyncing at once; the members compared page by page as they are
+  (a mirror's copies, a raid5 stripe's XOR), then `resync` until md/resync_start reads
+  `none`, then md's own `check` (mismatch_cnt after md's recovery).
 - btrfs, btrfs raid1: mount naming every member (log replay), then `btrfs scrub -B`.
 - dm-integrity J/D/B: `integritysetup open` in the mode it was formatted for (J replays its
   journal, B recalculates the regions its bitmap marks dirty), then an O_DIRECT read of every
@@ -20,11 +21,14 @@ findings (nbdfork.experiments.crash.expectations names them) that decide its ver
 from __future__ import annotations
 
 import contextlib
+import mmap
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
 from nbdfork.experiments.crash.expectations import judge_state
 from nbdfork.experiments.crash.fscheck import check_files
@@ -39,11 +43,14 @@ from nbdfork.experiments.stacks.guest import Log, block_name, read_attribute, ru
 from nbdfork.experiments.stacks.plan import INTEGRITY_NAME, MD_DEVICE, BuildPlan
 from nbdfork.experiments.stacks.results import MdCheckResult
 
-__all__ = ["MD_START_RO", "StackRecovery"]
+__all__ = ["MD_SPEED_MIN", "MD_START_RO", "StackRecovery"]
 
 MD_START_RO = Path("/sys/module/md_mod/parameters/start_ro")
+MD_SPEED_MIN = Path("/proc/sys/dev/raid/speed_limit_min")
 _INTEGRITY_FLAGS = {"J": (), "D": ("--integrity-no-journal",), "B": ("--integrity-bitmap-mode",)}
 _TIMEOUT_S = 600.0
+PAGE = 4096
+_CHUNK = 1 << 20
 
 
 class StackRecovery:
@@ -99,10 +106,12 @@ class StackRecovery:
         degraded = int(read_attribute(md, "md/degraded"))
         findings["md_degraded"] = degraded
         out: dict[str, object] = {"array_state": state, "degraded": degraded}
-        if state == "read-auto":  # md's start_ro: nothing has resynced yet
-            before = _md_action(md, "check", self.log)
-            findings["md_mismatch_before_resync"] = before.mismatch_cnt
-            out["before_resync"] = msgspec.to_builtins(before)
+        if state == "read-auto" and not degraded:  # md's start_ro: nothing resynced yet
+            # md's own `check` cannot run first: on a dirty array md turns it into a resync
+            # (seen on 6.1), so the members are compared here, as they are on the media.
+            compared, differ = _members_disagree(md, plan.stack == "md-raid1")
+            findings["md_members_differ_before_resync"] = differ
+            out["before_resync"] = {"compared_pages": compared, "differ_pages": differ}
         resync = _md_resync(md, self.log)
         out["resync_s"] = resync
         after = _md_action(md, "check", self.log)
@@ -162,13 +171,46 @@ class StackRecovery:
             run_tool(self.log, "release", ("integritysetup", "close", plan.integrity_name), 120.0)
 
 
+def _members_disagree(md: str, mirror: bool) -> tuple[int, int]:
+    """(4 KiB pages compared, pages where the members disagree) over the members' data areas
+    (md/rdN/offset, md/component_size): a mirror's copies differ, or a raid5 stripe's
+    members do not XOR to zero (parity wrong, whatever the layout)."""
+    base = Path("/sys/block") / block_name(md) / "md"
+    legs = [("/dev/" + rd.resolve().name.removeprefix("dev-"),
+             int((rd / "offset").read_text()) * 512) for rd in sorted(base.glob("rd[0-9]*"))]
+    size = int((base / "component_size").read_text()) * 1024 // PAGE * PAGE  # fmt: skip
+    fds = [os.open(d, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC) for d, _ in legs]
+    bufs = [mmap.mmap(-1, _CHUNK) for _ in legs]  # page aligned, as O_DIRECT needs
+    differ = 0
+    try:
+        for pos in range(0, size, _CHUNK):
+            length = min(_CHUNK, size - pos)
+            for fd, buf, (_, offset) in zip(fds, bufs, legs, strict=True):
+                if os.preadv(fd, [memoryview(buf)[:length]], offset + pos) != length:
+                    raise StackError(f"md: short read of a member at {offset + pos}")
+            pages = [np.frombuffer(b, dtype=np.uint64, count=length // 8).reshape(-1, PAGE // 8)
+                     for b in bufs]  # fmt: skip
+            if mirror:
+                bad = np.zeros(len(pages[0]), dtype=bool)
+                for other in pages[1:]:
+                    bad |= (other != pages[0]).any(axis=1)
+            else:
+                bad = np.bitwise_xor.reduce(np.stack(pages), axis=0).any(axis=1)
+            differ += int(bad.sum())
+            del pages, bad  # no view may outlive the buffers
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return size // PAGE, differ
+
+
 def _md_action(md: str, action: str, log: Log) -> MdCheckResult:
     """`echo ACTION > md/sync_action`, wait until md is idle again; mismatch_cnt."""
     started = time.monotonic()
     path = Path("/sys/block") / block_name(md) / "md" / "sync_action"
     log(f"# echo {action} > {path}")
     path.write_text(f"{action}\n")
-    _wait_done(path.parent, action, started)
+    _wait_done(path.parent, action, started, log)
     return MdCheckResult(md, read_attribute(md, "md/level"),
                          int(read_attribute(md, "md/mismatch_cnt")),
                          round(time.monotonic() - started, 3))  # fmt: skip
@@ -186,17 +228,19 @@ def _md_resync(md: str, log: Log) -> float:
             with contextlib.suppress(OSError):  # EBUSY: md started it on its own meanwhile
                 (base / "sync_action").write_text("resync\n")
         time.sleep(0.2)
-    _wait_done(base, None, started)
+    _wait_done(base, None, started, log)
     return round(time.monotonic() - started, 3)
 
 
-def _wait_done(base: Path, action: str | None, started: float) -> None:
+def _wait_done(base: Path, action: str | None, started: float, log: Log) -> None:
     """Until md has run `action` (md/last_sync_action, set when md starts it from its own
-    thread; None: whatever runs) and is idle again."""
+    thread; None: whatever runs) and is idle again; md's progress logged every 10 s."""
     last = base / "last_sync_action"
+    said = started
     # A check of the same array ran before: wait (briefly) to see this one start.
     seen = time.monotonic() + 5.0
-    while action is not None and time.monotonic() < seen:
+    again = action is not None and last.read_text().strip() == action
+    while again and time.monotonic() < seen:
         if (base / "sync_action").read_text().strip() == action:
             break
         time.sleep(0.05)
@@ -204,7 +248,20 @@ def _wait_done(base: Path, action: str | None, started: float) -> None:
            or (base / "sync_action").read_text().strip() != "idle"):  # fmt: skip
         if time.monotonic() - started > _TIMEOUT_S:
             raise StackError(f"md: {action} not done after {_TIMEOUT_S:g} s")
+        if time.monotonic() - said > 10.0:
+            said = time.monotonic()
+            log("# md: " + ", ".join(f"{n} {_read(base / n)}" for n in _PROGRESS))
         time.sleep(0.2)
+
+
+_PROGRESS = ("sync_action", "last_sync_action", "sync_completed", "sync_speed", "resync_start")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        return f"({exc.strerror})"
 
 
 @contextlib.contextmanager

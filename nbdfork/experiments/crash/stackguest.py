@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nbdfork.experiments.crash.cut import MemberTrace, StackStateResult, run_stack_campaign
 from nbdfork.experiments.crash.guest import CrashPlan
-from nbdfork.experiments.crash.recovery import MD_START_RO, StackRecovery
+from nbdfork.experiments.crash.recovery import MD_SPEED_MIN, MD_START_RO, StackRecovery
 from nbdfork.experiments.crash.states import CampaignPlan
 from nbdfork.experiments.crash.workload import FsyncLedgerWorkload, Ledger, write_ledger
 from nbdfork.experiments.stacks import build, make_filesystem, mount, parse_stack, umount
@@ -57,6 +57,10 @@ class StackCampaign:
         if "md_mod" in modules:
             self.log(f"# echo 1 > {MD_START_RO}")
             MD_START_RO.write_text("1\n")
+            # md slows a check to speed_limit_min (1 MB/s) when it sees other I/O on the
+            # members; the guest does nothing else, and under TCG that is minutes per state.
+            self.log(f"# echo 2000000 > {MD_SPEED_MIN}")
+            MD_SPEED_MIN.write_text("2000000\n")
 
     def record(self) -> Ledger:
         """Connect, build, mkfs, mount, the workload, unmount, take down, disconnect."""
