@@ -101,7 +101,16 @@ class StackRecovery:
 
     def _md(self, plan: BuildPlan, findings: dict[str, int]) -> dict[str, object]:
         md = plan.md_device or MD_DEVICE
-        self._checked("md", ("mdadm", "--assemble", md, "--run", *plan.devices))
+        argv = ("mdadm", "--assemble", md, "--run", *plan.devices)
+        for _ in range(5):  # the previous state's array may still hold a member a moment
+            code, text = run_tool(self.log, "md", argv, _TIMEOUT_S)
+            if code == 0 or "busy" not in text:
+                break
+            run_tool(self.log, "md", ("mdadm", "--stop", md), 60.0)
+            time.sleep(1.0)
+        if code != 0:
+            last = (text.strip().splitlines() or [""])[-1][:200]
+            raise StackError(f"md: mdadm exited {code}: {last}")
         state = read_attribute(md, "md/array_state")
         degraded = int(read_attribute(md, "md/degraded"))
         findings["md_degraded"] = degraded
@@ -275,7 +284,21 @@ def _loops(images: list[Path], log: Log) -> Iterator[list[str]]:
             if code != 0:
                 raise StackError(f"losetup: {out.strip()[-200:]}")
             loops.append(out.strip().splitlines()[-1])
+            _wait_released(loops[-1])
         yield loops
     finally:
         for loop in loops:
+            _wait_released(loop)
             run_tool(log, "losetup", ("losetup", "-d", loop), 60.0)
+
+
+def _wait_released(device: str, timeout: float = 30.0) -> None:
+    """Until no layer holds `device` (sysfs holders/ empty): md lets go of its members after
+    `mdadm --stop` has returned, and a loop device detached while held is reused still held
+    ("mdadm: /dev/loop0 is busy - skipping" in the next state)."""
+    holders = Path("/sys/block") / Path(device).name / "holders"
+    deadline = time.monotonic() + timeout
+    while holders.is_dir() and any(holders.iterdir()):
+        if time.monotonic() > deadline:
+            raise StackError(f"release: {device} still held by {sorted(os.listdir(holders))}")
+        time.sleep(0.1)
