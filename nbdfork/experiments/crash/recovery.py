@@ -40,6 +40,7 @@ from nbdfork.experiments.stacks.checks import (
     check_fsck,
 )
 from nbdfork.experiments.stacks.guest import Log, block_name, read_attribute, run_tool
+from nbdfork.experiments.stacks.parse import ParseError
 from nbdfork.experiments.stacks.plan import INTEGRITY_NAME, MD_DEVICE, BuildPlan
 from nbdfork.experiments.stacks.results import MdCheckResult
 
@@ -70,7 +71,7 @@ class StackRecovery:
                     self._recover(plan, findings, result, checkpoint)
                 finally:
                     self._release(plan)
-        except (StackError, OSError, ValueError) as exc:
+        except (StackError, ParseError, OSError, ValueError) as exc:
             findings["recovery_failed"] = 1
             result["error"] = f"{type(exc).__name__}: {exc}"
             self.log(f"# recovery failed: {exc}")
