@@ -25,7 +25,17 @@ from nbdfork.experiments.crash.cut import (
 )
 from nbdfork.experiments.crash.expectations import EXPECTATIONS, FINDINGS, judge_state
 from nbdfork.experiments.crash.guest import CrashPlan
-from nbdfork.experiments.crash.schema import StateRow
+from nbdfork.experiments.crash.render import render_crash_report
+from nbdfork.experiments.crash.schema import (
+    CrashDevice,
+    CrashReport,
+    CrashWorkload,
+    StackExpectation,
+    StackState,
+    StateRow,
+    summarize_stack,
+    summarize_states,
+)
 from nbdfork.experiments.crash.states import CampaignPlan
 from nbdfork.experiments.crash.workload import Checkpoint, Ledger
 from nbdfork.experiments.stacks.catalogue import STACKS
@@ -216,3 +226,37 @@ def test_a_plain_report_has_no_stack_fields() -> None:
     """A single-device report encodes no `stack` (UNSET), so its bytes are what they were."""
     row = StateRow(point=1, checkpoint=0, index=0, outcome="passed", reproducer={})
     assert b"stack" not in msgspec.json.encode(row)
+
+
+def _stack_row(point: int, verdict: str, findings: dict[str, int], documented: tuple[str, ...],
+               violations: tuple[str, ...] = ()) -> StateRow:  # fmt: skip
+    state = StackState(verdict=verdict, instant_s=1.5, findings=findings,  # type: ignore[arg-type]
+                       documented=documented, violations=violations)  # fmt: skip
+    return StateRow(point=point, checkpoint=0, index=0, outcome="passed", reproducer={},
+                    stack=state)  # fmt: skip
+
+
+def test_a_stack_report_counts_verdicts_and_renders_the_table(tmp_path: Path) -> None:
+    """summarize_stack counts verdicts and, per finding, states and documented ones; the
+    report renders them with the table's judgement."""
+    rows = (
+        _stack_row(1, "clean", {"integrity_errors": 0}, ()),
+        _stack_row(2, "exposure", {"integrity_errors": 4, "fsck_failed": 1},
+                   ("fsck_failed", "integrity_errors")),
+    )  # fmt: skip
+    table = tuple(StackExpectation(finding=e.finding, documented=e.documented, why=e.why)
+                  for e in EXPECTATIONS["dm-integrity:D"])  # fmt: skip
+    stack = summarize_stack(rows, name="dm-integrity:D", members=1, member_size="96M",
+                            expectations=table, control=(_stack_row(3, "violation", {}, ()),))
+    assert stack.verdicts == {"clean": 1, "exposure": 1, "violation": 0}
+    assert stack.findings == {"fsck_failed": 1, "integrity_errors": 1} == stack.documented
+    assert stack.control_verdicts == {"violation": 1}
+    report = CrashReport(
+        kernel="6.1", accel="tcg", fs="ext4", seed=1, started="t", duration_s=1.0,
+        device=CrashDevice(size="96M", cache="volatile", ignore_flush=False),
+        workload=CrashWorkload(kind="fsync", seconds=1.0, files=8, pages=4), states=rows,
+        outcome="passed", stack=stack, **msgspec.structs.asdict(summarize_states(rows)),
+    )  # fmt: skip
+    md = render_crash_report(tmp_path, report)[0].read_text()
+    assert "**1 clean, 1 exposure (documented), 0 violation**" in md
+    assert "| `integrity_errors` | 1 | 1 | documented |" in md
