@@ -105,7 +105,7 @@ class StackRecovery:
         argv = ("mdadm", "--assemble", md, "--run", *plan.devices)
         for _ in range(5):  # the previous state's array may still hold a member a moment
             code, text = run_tool(self.log, "md", argv, _TIMEOUT_S)
-            if code == 0 or "busy" not in text:
+            if code == 0 or not any(w in text for w in ("busy", "already-assembled")):
                 break
             run_tool(self.log, "md", ("mdadm", "--stop", md), 60.0)
             time.sleep(1.0)
@@ -177,6 +177,7 @@ class StackRecovery:
         run_tool(self.log, "release", ("umount", str(self.mountpoint)), 60.0)
         if plan.md_device is not None:
             run_tool(self.log, "release", ("mdadm", "--stop", plan.md_device), 120.0)
+            _wait_stopped(plan.md_device)
         if plan.integrity_name is not None:
             run_tool(self.log, "release", ("integritysetup", "close", plan.integrity_name), 120.0)
 
@@ -291,6 +292,20 @@ def _loops(images: list[Path], log: Log) -> Iterator[list[str]]:
         for loop in loops:
             _wait_released(loop)
             run_tool(log, "losetup", ("losetup", "-d", loop), 60.0)
+
+
+def _wait_stopped(md: str, timeout: float = 30.0) -> None:
+    """Until the stopped array is gone (or left inactive): 7.2 removes it after `mdadm --stop`
+    has returned, and an assembly meanwhile "merges with already-assembled /dev/md/0"."""
+    base = Path("/sys/block") / Path(md).name / "md" / "array_state"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if base.read_text().strip() in ("clear", "inactive"):
+                return
+        except OSError:  # the array is gone
+            return
+        time.sleep(0.1)
 
 
 def _wait_released(device: str, timeout: float = 30.0) -> None:
