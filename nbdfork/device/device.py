@@ -64,7 +64,6 @@ class Device:
         self.cache = self._make_cache(config)
         self.latency = LatencyModel(config, self.rng)
         self.oracle = judge(self.store) if judge is not None and config.oracle else None
-        self.trace = TraceWriter(config.trace, config.size) if config.trace else None
         self.reorder = self._make_reorder(config)
         self.faults = FaultInjector(config.faults, self.rng) if config.faults.ops else None
         self.corrupter = Corrupter(config.corrupt, self.rng) if config.corrupt.enabled else None
@@ -78,6 +77,9 @@ class Device:
         # folios show as WRITEs of whole multi-page folios).
         self.write_sizes: dict[int, Counter[int]] = {}
         self.started = self.clock.now()
+        # The trace's clock file names `started`: several devices' traces then share a clock
+        # (the real one is the host's CLOCK_MONOTONIC; a fake clock's origin is its own).
+        self.trace = TraceWriter(config.trace, config.size, self.started) if config.trace else None
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._reply_lock = threading.Lock()  # reply order = trace order = cache order

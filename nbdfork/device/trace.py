@@ -13,11 +13,17 @@ write's arrival and its landing in the oracle's history (0 when the oracle was o
 disconnecting. Each record is one os.writev(), so a killed server leaves whole records behind.
 The file is created 0600 without following a link; an existing file is replaced only if it is
 empty or a trace (nbdfork.files.create_replacing).
+
+Record times are seconds since the device started. Beside the trace, `TRACE.clock` (JSON,
+written once when the trace is created) names that start on the host's CLOCK_MONOTONIC, which
+every process on the machine shares: origin + time puts the records of several devices (one
+nbdkit each, a storage stack's members) on one clock (`read_clock_origin`).
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import math
 import os
 import struct
@@ -31,7 +37,7 @@ from nbdfork.config import MAX_SIZE
 from nbdfork.device.cache import CacheModel
 from nbdfork.device.store import Store
 from nbdfork.errors import OracleError
-from nbdfork.files import create_replacing, open_regular
+from nbdfork.files import create_replacing, open_regular, read_bounded, write_json
 
 __all__ = [
     "FLAG_FAILED",
@@ -39,8 +45,11 @@ __all__ = [
     "Op",
     "Record",
     "TraceWriter",
+    "apply_record",
+    "clock_path",
     "export_log_writes",
     "is_trace_file",
+    "read_clock_origin",
     "read_trace",
     "trace_device_size",
     "replay",
@@ -100,10 +109,12 @@ class Record:
 class TraceWriter:
     """Appends records to a trace file; thread-safe, each record written whole."""
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, path: Path, size: int, origin: float | None = None) -> None:
         self.path = path
         self._fd = create_replacing("trace", path, may_replace=is_trace_file, mode=0o600)
         os.write(self._fd, MAGIC + _SIZE.pack(size))
+        if origin is not None:  # the device's start on the host's monotonic clock
+            write_json(clock_path(path), {"clock": "CLOCK_MONOTONIC", "origin": origin})
         self._lock = threading.Lock()
         self.records = 0
 
@@ -124,6 +135,27 @@ class TraceWriter:
                 os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
+
+
+def clock_path(trace: Path) -> Path:
+    """Where the clock origin of the trace at `trace` is kept: `TRACE.clock`."""
+    return trace.with_name(trace.name + ".clock")
+
+
+def read_clock_origin(trace: Path) -> float:
+    """The host CLOCK_MONOTONIC reading at which the trace's times are 0; OracleError when the
+    trace has no readable clock file (one recorded by an older nbdfork, or in another VM)."""
+    path = clock_path(trace)
+    try:
+        data = json.loads(read_bounded(path, 4096, OracleError))
+    except (OracleError, ValueError) as exc:
+        raise OracleError(f"{path}: no clock origin for {trace.name} ({exc})") from None
+    if not isinstance(data, dict) or data.get("clock") != "CLOCK_MONOTONIC":
+        raise OracleError(f"{path}: not a CLOCK_MONOTONIC origin")
+    origin = data.get("origin")
+    if not isinstance(origin, float) or not math.isfinite(origin):
+        raise OracleError(f"{path}: not a CLOCK_MONOTONIC origin")
+    return origin
 
 
 def is_trace_file(path: Path) -> bool:
@@ -246,11 +278,12 @@ def replay_cache(path: Path, cache: CacheModel, *, until: int | None = None) -> 
         if until is not None and count >= until:
             return
         if not rec.failed:
-            _apply(cache, rec)
+            apply_record(cache, rec)
         yield rec
 
 
-def _apply(cache: CacheModel, rec: Record) -> None:
+def apply_record(cache: CacheModel, rec: Record) -> None:
+    """One record's effect on a volatile-cache model (a failed request has none: skip it)."""
     if rec.op == Op.WRITE:
         cache.write(rec.request_id, rec.offset, rec.data, fua=rec.fua)
     elif rec.op == Op.FLUSH:

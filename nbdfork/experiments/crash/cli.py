@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import msgspec
+
 from nbdfork.experiments.crash.host import CrashOptions, run_crash
 from nbdfork.experiments.crash.render import render_crash_report
 
@@ -15,12 +17,17 @@ def main(args: argparse.Namespace) -> int:
         out=args.out, fs=args.fs, states=args.states, control_states=args.control_states,
         seconds=args.seconds, seed=args.seed, ignore_flush=args.ignore_flush, kernel=args.kernel,
         points=args.points, device_location=args.device_location, workload=args.workload,
+        stack=args.stack,
     )  # fmt: skip
     report = run_crash(options)
     paths = render_crash_report(options.out.absolute(), report)
     print(f"{report.fs}: {report.states_checked} states, ledger violations "
           f"{report.ledger_violations}, fsck failures {report.fsck_failures}, "
           f"unexplained tears {report.torn_unexplained} -> {report.outcome}")  # fmt: skip
+    if not isinstance(report.stack, msgspec.UnsetType):
+        v = report.stack.verdicts
+        print(f"stack {report.stack.name}: clean {v['clean']}, exposure (documented) "
+              f"{v['exposure']}, violation {v['violation']}")  # fmt: skip
     if report.control:
         c = report.control
         print(f"control (ignore-flush): {c.states_checked} states, "

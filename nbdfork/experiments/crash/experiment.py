@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nbdfork.errors import ConfigError
 from nbdfork.experiments.crash.states import POINT_KINDS
+from nbdfork.experiments.stacks.catalogue import parse_stack
 from nbdfork.harness.experiment import Experiment, ReportKind
 from nbdfork.options import (
     Option,
@@ -24,8 +26,17 @@ examples:
   nbdfork crash --fs ext4 --states 20 --out results/crash-ext4
   nbdfork crash --fs xfs --states 20 --out results/crash-xfs
   nbdfork crash --fs ext4 --ignore-flush --out results/control   (must report violations)
+  nbdfork crash --stack md-raid1 --points any --states 20 --out results/crash-md
 """
 
+
+
+def _stack(option: str, text: str) -> str:
+    """One stack name (`NAME[:MODE]`), as its label."""
+    try:
+        return parse_stack(text).label
+    except ConfigError as exc:
+        raise ConfigError(option, exc.problem) from None
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -48,6 +59,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("workload", "fsync: pages rewritten and fsynced; atomic: whole files rewritten as one "
            "RWF_ATOMIC write (XFS on 6.16+): no state may hold half of one",
            parse=parse_choice(("fsync", "atomic")), default="fsync"),
+    Option("stack", "a storage stack under the filesystem (plain, btrfs, btrfs-raid1, md-raid1, "
+           "md-raid5[:copy|skip_copy], dm-integrity[:J|D|B]): every member cut at one instant, "
+           "each state recovered and checked by the stack's own tools (default plain)",
+           parse=_stack, default="plain"),
     Option("device_location", "run the traced device on the host (default) or in the guest",
            parse=parse_choice(("host", "guest")), default="host"),
     Option("out", "results directory (default results/crash)", parse=parse_out_dir,

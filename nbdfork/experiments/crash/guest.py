@@ -59,17 +59,32 @@ class CrashPlan:
     device_location: str = "guest"  # "host": nbdkit on the host, trace written there
     nbd_target: tuple[str, ...] = ()  # host device: (address, port) of the guest's forward
     host_trace: str = ""  # host device: where the host's nbdkit writes the trace (shared)
+    # A storage stack (nbdfork.experiments.crash.stackguest): its name, and per member device
+    # then the clock device, the guest's forward and the trace the host's nbdkit writes.
+    stack: str = "plain"
+    nbd_targets: tuple[tuple[str, ...], ...] = ()
+    host_traces: tuple[str, ...] = ()
 
     def write(self, path: Path) -> None:
-        """Save as JSON."""
-        write_json(path, asdict(self))
+        """Save as JSON (without the stack's fields when there is no stack: the plan of a
+        single-device campaign reads as it always did)."""
+        data = asdict(self)
+        if self.stack == "plain":
+            for name in _STACK_FIELDS:
+                del data[name]
+        write_json(path, data)
 
     @classmethod
     def read(cls, path: Path) -> CrashPlan:
         """Load from JSON."""
         data = json.loads(path.read_text(encoding="utf-8"))
         data["nbd_target"] = tuple(data.get("nbd_target", ()))
+        data["nbd_targets"] = tuple(tuple(t) for t in data.get("nbd_targets", ()))
+        data["host_traces"] = tuple(data.get("host_traces", ()))
         return cls(**data)
+
+
+_STACK_FIELDS = ("stack", "nbd_targets", "host_traces")
 
 
 def mkfs_argv(fs: str, device: str, fs_bytes: int) -> list[str]:
@@ -188,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     guest = GuestCampaign(plan, reporter)
     try:
         _prepare(plan, reporter)
+        if plan.stack != "plain":
+            # imported here: a single-device campaign loads nothing of the stacks
+            from nbdfork.experiments.crash.stackguest import run_stack  # noqa: PLC0415
+
+            run_stack(plan, reporter)
+            return 0
         reporter.emit("ready")
         # One recorded workload; the control replays the same trace on a device that ignores
         # FLUSH and FUA, which is what ignore-flush=on does to the device's media.

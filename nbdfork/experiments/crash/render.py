@@ -10,8 +10,10 @@ from pathlib import Path
 import msgspec
 
 from nbdfork.errors import ReportError
+from nbdfork.experiments.crash.expectations import FINDINGS
 from nbdfork.experiments.crash.schema import (
     CrashReport,
+    StackSummary,
     StateRow,
     StatesSummary,
     load_crash_report,
@@ -81,11 +83,38 @@ def crash_blocks(report: CrashReport, plot: str) -> list[Block]:
                   "check proves nothing. No state is cut before the workload's first "
                   "checkpoint (mkfs, mount and the first fsync done)."),
     ]  # fmt: skip
+    if not isinstance(report.stack, msgspec.UnsetType):
+        blocks += _stack_blocks(report.stack)
     if report.guest_error:
         blocks.append(Paragraph(f"Guest error: {code(report.guest_error)}"))
     return [*blocks, Image(plot, "outcomes per crash point"),
             Paragraph("Every state is reproducible from (trace, seed, point, index): see "
                       "report.json `states`.")]  # fmt: skip
+
+
+def _stack_blocks(stack: StackSummary) -> list[Block]:
+    """The stack's verdicts, and per finding how many states had it, judged by the table."""
+    v = stack.verdicts
+    control = ""
+    if stack.control_verdicts is not None:
+        control = f" Ignore-flush control: {code(_json(stack.control_verdicts))}."
+    table = {e.finding: e for e in stack.expectations}
+    rows = []
+    for finding in sorted(set(FINDINGS) & (set(stack.findings) | set(table))):
+        expected = table.get(finding)
+        judged = ("documented" if expected is not None and expected.documented
+                  else "violation")  # fmt: skip
+        why = expected.why if expected is not None else "nothing documents it"
+        rows.append((code(finding), str(stack.findings.get(finding, 0)),
+                     str(stack.documented.get(finding, 0)), judged, why))  # fmt: skip
+    return [
+        Heading(f"Stack {stack.name}: {stack.members} members of {stack.member_size}", 2),
+        Paragraph(f"Every member cut at one instant and recovered by the stack's own tools: "
+                  f"**{v.get('clean', 0)} clean, {v.get('exposure', 0)} exposure (documented), "
+                  f"{v.get('violation', 0)} violation**.{control}"),
+        Table(("finding", "states", "of them documented", "judged", "why"), tuple(rows),
+              ("l", "r", "r", "l", "l")),
+    ]  # fmt: skip
 
 
 def render_crash_report(out: Path, report: CrashReport | None = None) -> list[Path]:

@@ -21,6 +21,9 @@ from nbdfork.report.measures import Count
 __all__ = [
     "SCHEMA",
     "ControlSummary",
+    "StackExpectation",
+    "StackState",
+    "StackSummary",
     "CrashOutcome",
     "CrashDevice",
     "CrashReport",
@@ -30,6 +33,7 @@ __all__ = [
     "StatesSummary",
     "load_crash_report",
     "load_states",
+    "summarize_stack",
     "summarize_states",
     "write_crash_report",
 ]
@@ -37,6 +41,18 @@ __all__ = [
 SCHEMA = "nbdfork.crash/1"
 StateOutcome = Literal["passed", "ledger_violation", "fsck_failure", "torn"]
 CrashOutcome = Literal["passed", "violations", "control_failed", "vm_lost"]
+
+
+class StackState(Record, frozen=True, kw_only=True):
+    """A crash state of a storage stack, recovered by the stack's own tools and judged against
+    what its layers document (nbdfork.experiments.crash.expectations)."""
+
+    verdict: Literal["clean", "exposure", "violation"]
+    instant_s: float  # the crash instant, seconds after the first member device started
+    findings: dict[str, Count]  # per finding: what the checker counted (0: looked, none)
+    documented: tuple[str, ...] = ()  # findings the layers say a crash may leave
+    violations: tuple[str, ...] = ()  # findings nothing documents
+    checks: dict[str, Any] = msgspec.field(default_factory=dict)  # each checker's result
 
 
 class StateRow(Record, frozen=True, kw_only=True):
@@ -51,6 +67,7 @@ class StateRow(Record, frozen=True, kw_only=True):
     torn_unexplained: tuple[int, ...] = ()
     torn_explained: Count = 0
     fs: dict[str, Any] = msgspec.field(default_factory=dict)  # mount, fsck, ledger checks
+    stack: StackState | msgspec.UnsetType = msgspec.UNSET  # only with --stack (not plain)
 
 
 class StatesSummary(Record, frozen=True, kw_only=True):
@@ -87,6 +104,30 @@ class CrashWorkload(Record, frozen=True, kw_only=True):
     pages: Count
 
 
+class StackExpectation(Record, frozen=True, kw_only=True):
+    """One row of the expectation table the states were judged by."""
+
+    finding: str
+    documented: bool
+    why: str
+
+
+class StackSummary(Record, frozen=True, kw_only=True):
+    """A stack's campaign: its members, the verdicts, and per finding how many states had it
+    (documented: how many of those the layers account for)."""
+
+    name: str
+    members: Count
+    member_size: str
+    verdicts: dict[str, Count]
+    exposures: Count
+    violations: Count
+    findings: dict[str, Count]
+    documented: dict[str, Count]
+    expectations: tuple[StackExpectation, ...]
+    control_verdicts: dict[str, Count] | None = None
+
+
 class CrashReport(StatesSummary, frozen=True, kw_only=True):
     """One `nbdfork crash`: its settings, the states checked and the control's."""
 
@@ -105,6 +146,7 @@ class CrashReport(StatesSummary, frozen=True, kw_only=True):
     points: str = "checkpoint"
     guest_error: str | None = None
     schema: str = SCHEMA
+    stack: StackSummary | msgspec.UnsetType = msgspec.UNSET  # only with --stack (not plain)
 
 
 def summarize_states(rows: Iterable[StateRow]) -> StatesSummary:
@@ -119,6 +161,32 @@ def summarize_states(rows: Iterable[StateRow]) -> StatesSummary:
         mount_failures=sum(r.fs.get("mount_ok") is False for r in rows),
         torn_unexplained=outcomes["torn"],
     )
+
+
+def summarize_stack(
+    rows: Iterable[StateRow], *, name: str, members: int, member_size: str,
+    expectations: tuple[StackExpectation, ...], control: Iterable[StateRow] | None = None,
+) -> StackSummary:  # fmt: skip
+    """The verdicts and findings of a stack's states (rows without `stack` are not counted)."""
+    states = [r.stack for r in rows if not isinstance(r.stack, msgspec.UnsetType)]
+    verdicts = Counter(s.verdict for s in states)
+    findings: Counter[str] = Counter()
+    documented: Counter[str] = Counter()
+    for state in states:
+        findings.update(n for n, count in state.findings.items() if count)
+        documented.update(state.documented)
+    control_verdicts: dict[str, int] | None = None
+    if control is not None:
+        control_verdicts = dict(sorted(Counter(
+            str(r.stack.verdict) for r in control if not isinstance(r.stack, msgspec.UnsetType)
+        ).items()))  # fmt: skip
+    return StackSummary(
+        name=name, members=members, member_size=member_size,
+        verdicts={v: verdicts[v] for v in ("clean", "exposure", "violation")},
+        exposures=verdicts["exposure"], violations=verdicts["violation"],
+        findings=dict(sorted(findings.items())), documented=dict(sorted(documented.items())),
+        expectations=expectations, control_verdicts=control_verdicts,
+    )  # fmt: skip
 
 
 def load_states(path: Path) -> tuple[StateRow, ...] | None:

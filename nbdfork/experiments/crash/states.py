@@ -31,8 +31,10 @@ __all__ = [
     "CampaignPlan",
     "FsChecker",
     "StateResult",
-    "durable_pages",
     "candidate_points",
+    "durable_pages",
+    "is_marker",
+    "is_point",
     "pick_points",
     "run_campaign",
 ]
@@ -98,7 +100,8 @@ def durable_pages(checkpoint: Checkpoint) -> dict[PageKey, int]:
     }
 
 
-def _is_marker(rec: Record, marker_offset: int) -> bool:
+def is_marker(rec: Record, marker_offset: int) -> bool:
+    """The record is one of the workload's checkpoint marker reads."""
     # Exactly the workload's 4 KiB reads of its slots: partition scans and blkid probes read
     # the device's last sectors, which lie beyond the slots.
     end = marker_offset + MARKER_SLOTS * PAGE_SIZE
@@ -122,14 +125,15 @@ def _scan(trace: Path, marker_offset: int, kind: str) -> tuple[list[tuple[int, i
     points: list[tuple[int, int]] = []
     checkpoint = -1
     for index, rec in enumerate(read_trace(trace)):
-        marker = _is_marker(rec, marker_offset)
+        marker = is_marker(rec, marker_offset)
         checkpoint += marker
-        if checkpoint >= 0 and _is_point(rec, kind, marker=marker):
+        if checkpoint >= 0 and is_point(rec, kind, marker=marker):
             points.append((index, checkpoint))
     return points, checkpoint + 1
 
 
-def _is_point(rec: Record, kind: str, *, marker: bool) -> bool:
+def is_point(rec: Record, kind: str, *, marker: bool) -> bool:
+    """A crash of `kind` may be cut right after the record (`marker`: it is a marker read)."""
     if kind == "checkpoint":
         return marker
     if kind == "flush":
