@@ -24,7 +24,7 @@ from nbdfork.experiments.crash.cut import (
     timeline,
 )
 from nbdfork.experiments.crash.expectations import EXPECTATIONS, FINDINGS, judge_state
-from nbdfork.experiments.crash.guest import CrashPlan
+from nbdfork.experiments.crash.plan import CrashPlan
 from nbdfork.experiments.crash.render import render_crash_report
 from nbdfork.experiments.crash.schema import (
     CrashDevice,

@@ -11,15 +11,14 @@ mounted on loop devices and fsck'd), once for the device as configured and once 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nbdfork.experiments.crash.fscheck import make_fs_checker
+from nbdfork.experiments.crash.plan import CrashPlan
 from nbdfork.experiments.crash.states import CampaignPlan, StateResult, run_campaign
 from nbdfork.experiments.crash.workload import MARKER_GAP, FsyncLedgerWorkload, Ledger, write_ledger
 from nbdfork.files import write_json
@@ -36,55 +35,6 @@ _CHECK_MOUNT = Path("/tmp/nbdfork-crash-check")
 _IMAGES = Path("/tmp")
 
 
-@dataclass(frozen=True, slots=True)
-class CrashPlan:
-    """What the guest runs; written by the host as JSON."""
-
-    out: str
-    plugin: str
-    venv: str
-    fs: str
-    states: int
-    control_states: int
-    seconds: float
-    seed: int
-    size: str = "320M"
-    size_bytes: int = 320 << 20
-    ignore_flush: bool = False
-    files: int = 8
-    pages: int = 4
-    points: str = "checkpoint"
-    workload: str = "fsync"  # or "atomic": whole-file RWF_ATOMIC rewrites (7.x XFS)
-    modules_dir: str | None = None  # a fetched or user kernel's module tree
-    device_location: str = "guest"  # "host": nbdkit on the host, trace written there
-    nbd_target: tuple[str, ...] = ()  # host device: (address, port) of the guest's forward
-    host_trace: str = ""  # host device: where the host's nbdkit writes the trace (shared)
-    # A storage stack (nbdfork.experiments.crash.stackguest): its name, and per member device
-    # then the clock device, the guest's forward and the trace the host's nbdkit writes.
-    stack: str = "plain"
-    nbd_targets: tuple[tuple[str, ...], ...] = ()
-    host_traces: tuple[str, ...] = ()
-
-    def write(self, path: Path) -> None:
-        """Save as JSON (without the stack's fields when there is no stack: the plan of a
-        single-device campaign reads as it always did)."""
-        data = asdict(self)
-        if self.stack == "plain":
-            for name in _STACK_FIELDS:
-                del data[name]
-        write_json(path, data)
-
-    @classmethod
-    def read(cls, path: Path) -> CrashPlan:
-        """Load from JSON."""
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data["nbd_target"] = tuple(data.get("nbd_target", ()))
-        data["nbd_targets"] = tuple(tuple(t) for t in data.get("nbd_targets", ()))
-        data["host_traces"] = tuple(data.get("host_traces", ()))
-        return cls(**data)
-
-
-_STACK_FIELDS = ("stack", "nbd_targets", "host_traces")
 
 
 def mkfs_argv(fs: str, device: str, fs_bytes: int) -> list[str]:

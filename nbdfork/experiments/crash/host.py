@@ -20,7 +20,7 @@ from nbdfork.errors import ConfigError, ReportError, VMError, VMLost
 from nbdfork.experiments.crash.cut import member_seed
 from nbdfork.experiments.crash.expectations import EXPECTATIONS
 from nbdfork.experiments.crash.experiment import OPTIONS
-from nbdfork.experiments.crash.guest import CrashPlan
+from nbdfork.experiments.crash.plan import CrashPlan
 from nbdfork.experiments.crash.schema import (
     ControlSummary,
     CrashDevice,

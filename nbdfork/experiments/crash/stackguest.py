@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nbdfork.experiments.crash.cut import MemberTrace, StackStateResult, run_stack_campaign
-from nbdfork.experiments.crash.guest import CrashPlan
+from nbdfork.experiments.crash.plan import CrashPlan
 from nbdfork.experiments.crash.recovery import MD_SPEED_MIN, MD_START_RO, StackRecovery
 from nbdfork.experiments.crash.states import CampaignPlan
 from nbdfork.experiments.crash.workload import FsyncLedgerWorkload, Ledger, write_ledger
