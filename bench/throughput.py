@@ -6,11 +6,13 @@ Run from the project root after scripts/setup (docs/benchmarks.md explains the n
     .venv/bin/python bench/throughput.py --quick         # under a minute
     .venv/bin/python bench/throughput.py --json out.json # also write the results as JSON
 
-One run starts four nbdkit servers on unix sockets — `c_memory` (nbdkit's C memory plugin, the
-practical limit), `minimal_python` (bench/minimal_plugin.py, a bytearray store), `oracle_off`
-and `oracle_on` (plugin/nbdfork_plugin.py, no latency, no reordering) — then measures every
-workload on every server, repetition after repetition, rotating the server order so that
-machine drift hits all alike, and reports medians and ratios of medians.
+One run starts nbdkit servers on unix sockets — `c_memory` (nbdkit's C memory plugin, the
+practical limit), `minimal_python` (bench/minimal_plugin.py, a bytearray store), `oracle_off`,
+`oracle_on` (formats=stamp, the default) and `oracle_formats` (every format) of
+plugin/nbdfork_plugin.py (no latency, no reordering), and one server per format alone
+(`oracle_fio`, ...: 4k randwrite only) — then measures every workload on every server,
+repetition after repetition, rotating the server order so that machine drift hits all alike,
+and reports medians and ratios of medians. `--workloads 4k_randwrite` measures one workload.
 
 fio cannot write stamped pages (its buffer_pattern is at most 512 bytes, and a stamped page
 is 4096 bytes whose 8 sectors differ), so the stamped workloads are driven by nbdcopy (libnbd's
@@ -50,12 +52,13 @@ if str(ROOT) not in sys.path:  # run as a script from a fresh clone: import nbdf
 import nbd  # noqa: E402  libnbd's Python binding (python3-libnbd, seen through the venv)
 
 from nbdfork.harness import nbdkit as launch  # noqa: E402
-from nbdfork.oracle.formats import formats_for  # noqa: E402
+from nbdfork.oracle.blocks import FormatJudge  # noqa: E402
 from nbdfork.oracle.stamp import PAGE_SIZE, encode_pages  # noqa: E402
 from nbdfork.oracle.verify import Oracle, WriteRequest  # noqa: E402
 
 SCHEMA = "nbdfork.bench.throughput/1"
-ALL_FORMATS = "stamp,fio,xfs,btrfs,ext4"
+SINGLE_FORMATS = ("fio", "xfs", "btrfs", "ext4")
+ALL_FORMATS = ",".join(("stamp", *SINGLE_FORMATS))
 PLUGIN = ROOT / "plugin" / "nbdfork_plugin.py"
 MINIMAL = ROOT / "bench" / "minimal_plugin.py"
 MIB = 1 << 20
@@ -63,10 +66,16 @@ MIB = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One nbdkit server: its name in tables and JSON, and its nbdkit plugin arguments."""
+    """One nbdkit server: its name in tables and JSON, its nbdkit plugin arguments, and the
+    workloads it is measured with (empty: every one)."""
 
     name: str
     plugin: tuple[str, ...]
+    only: tuple[str, ...] = ()
+
+    def runs(self, workload: str) -> bool:
+        """Whether this target is measured with `workload`."""
+        return not self.only or workload in self.only
 
 
 TARGETS = (
@@ -75,7 +84,9 @@ TARGETS = (
     Target("oracle_off", ("python", str(PLUGIN), "oracle=off")),
     Target("oracle_on", ("python", str(PLUGIN), "oracle=on")),
     Target("oracle_formats", ("python", str(PLUGIN), "oracle=on", f"formats={ALL_FORMATS}")),
-)
+    *(Target(f"oracle_{name}", ("python", str(PLUGIN), "oracle=on", f"formats={name}"),
+             ("4k_randwrite",)) for name in SINGLE_FORMATS),
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +125,9 @@ RATIOS: dict[str, tuple[Cell, Cell]] = {
         ("oracle_formats", "4k_randwrite"), ("minimal_python", "4k_randwrite")),
     "oracle_formats_vs_on_4k_randwrite": (
         ("oracle_formats", "4k_randwrite"), ("oracle_on", "4k_randwrite")),
+    **{f"oracle_{name}_vs_minimal_python_4k_randwrite": (
+        (f"oracle_{name}", "4k_randwrite"), ("minimal_python", "4k_randwrite"))
+       for name in SINGLE_FORMATS},
     "oracle_on_vs_c_memory_4k_randwrite": (
         ("oracle_on", "4k_randwrite"), ("c_memory", "4k_randwrite")),
     "oracle_on_vs_c_memory_1m_write": (("oracle_on", "1m_write"), ("c_memory", "1m_write")),
@@ -347,10 +361,16 @@ def make_sources(workdir: Path, settings: Settings) -> dict[str, Path]:
 # --- the run ----------------------------------------------------------------------------------
 
 
-def measure(settings: Settings, workdir: Path, *, log: bool = True) -> dict[str, dict[str, Series]]:
-    """Every workload on every target, `settings.reps` times, interleaved."""
+def measure(
+    settings: Settings,
+    workdir: Path,
+    workloads: Sequence[Workload] = WORKLOADS,
+    *,
+    log: bool = True,
+) -> dict[str, dict[str, Series]]:
+    """Every workload on every target that runs it, `settings.reps` times, interleaved."""
     sources = make_sources(workdir, settings)
-    results = {t.name: {w.name: Series() for w in WORKLOADS} for t in TARGETS}
+    results = {t.name: {w.name: Series() for w in workloads if t.runs(w.name)} for t in TARGETS}
     fio_out = workdir / "fio.json"
     with serving(TARGETS, settings.device_size, workdir) as servers:
         prefill = Workload("prefill", "fio", "write", MIB, 8, "fio")
@@ -358,8 +378,10 @@ def measure(settings: Settings, workdir: Path, *, log: bool = True) -> dict[str,
             run_fio(server.uri, prefill, settings, fio_out, timed=False)
         for rep in range(settings.reps):
             order = TARGETS[rep % len(TARGETS) :] + TARGETS[: rep % len(TARGETS)]
-            for w in WORKLOADS:
+            for w in workloads:
                 for target in order:
+                    if w.name not in results[target.name]:
+                        continue
                     server = servers[target.name]
                     cpu = server.cpu_seconds()
                     if w.tool == "fio":
@@ -417,10 +439,12 @@ def _judge_one(oracle: Any, ids: Iterator[int], data: bytes) -> None:
 
 
 def format_costs(workdir: Path, repeat: int = 2000) -> dict[str, dict[str, float]]:
-    """In-process µs per WRITE of each format's scan, and of the whole oracle (arrival and
-    reply) with the stamp alone and with every format, on WRITEs holding no recognisable
-    block: random and zero 4 KiB, random 128 KiB. Stateful formats are primed first with the
-    first MiB of a real mkfs image (so they look for metadata as they do during a run)."""
+    """In-process µs per WRITE of each format as the oracle runs it (the shared pre-pass,
+    then the format's scan by place, or its full scan if a probe word is seen), and of the
+    whole oracle (arrival and reply) with the stamp alone and with every format, on WRITEs
+    holding no recognisable block: random and zero 4 KiB, random 128 KiB. Stateful formats
+    are primed first with the first MiB of a real mkfs image (so they look for metadata as
+    they do during a run)."""
     payloads = {"4k_random": os.urandom(4096), "4k_zero": bytes(4096),
                 "128k_random": os.urandom(128 << 10)}  # fmt: skip
     primers = {}
@@ -433,11 +457,11 @@ def format_costs(workdir: Path, repeat: int = 2000) -> dict[str, dict[str, float
         with image.open("rb") as f:
             primers[fs] = f.read(MIB)
     out: dict[str, dict[str, float]] = {}
-    for name in ("fio", "xfs", "btrfs", "ext4"):
-        fmt = formats_for([name])[0]
+    for name in SINGLE_FORMATS:
+        judge = FormatJudge([name])
         if name in primers:
-            fmt.scan(memoryview(primers[name]), 0)
-        out[name] = {label: _best_us(functools.partial(fmt.scan, memoryview(data), 200 * MIB),
+            judge.scan(memoryview(primers[name]), 0)
+        out[name] = {label: _best_us(functools.partial(judge.scan, memoryview(data), 200 * MIB),
                                      repeat) for label, data in payloads.items()}  # fmt: skip
 
     class _Null:
@@ -457,10 +481,11 @@ def format_costs(workdir: Path, repeat: int = 2000) -> dict[str, dict[str, float
 
 
 def ratios(results: dict[str, dict[str, Series]]) -> dict[str, float]:
-    """Every ratio of RATIOS, from medians of IOPS."""
+    """Every ratio of RATIOS whose two cells were measured, from medians of IOPS."""
     out = {}
     for name, ((t1, w1), (t2, w2)) in RATIOS.items():
-        out[name] = round(results[t1][w1].iops / results[t2][w2].iops, 3)
+        if w1 in results.get(t1, {}) and w2 in results.get(t2, {}):
+            out[name] = round(results[t1][w1].iops / results[t2][w2].iops, 3)
     return out
 
 
@@ -490,6 +515,7 @@ def report(
         "goals": {
             name: {"ratio": ratio[name], "goal": goal, "met": ratio[name] >= goal}
             for name, goal in GOALS.items()
+            if name in ratio
         },
         "memory": memory,
     }
@@ -523,18 +549,39 @@ def _host() -> dict[str, object]:
     }
 
 
+Cells = dict[str, dict[str, dict[str, float]]]
+
+
+def _rows(doc: dict[str, object]) -> tuple[Cells, list[str], list[Workload]]:
+    """The results of `doc`, its targets (as measured: a saved file may predate some) and the
+    workloads measured on any of them."""
+    results: Cells = doc["results"]  # type: ignore[assignment]
+    measured = [w for w in WORKLOADS if any(w.name in by_w for by_w in results.values())]
+    return results, list(results), measured
+
+
+def _iops(cell: dict[str, float] | None, width: int = 0) -> str:
+    """'IOPS (MB/s)' of a cell, or a dash where the target does not run the workload."""
+    if cell is None:
+        return "-"
+    return f"{cell['iops']:>{width},.0f} ({cell['mb_s']:>{max(width - 3, 0)},.0f})"
+
+
+def _cpu(cell: dict[str, float] | None) -> str:
+    """nbdkit CPU µs per request of a cell, or a dash."""
+    return "-" if cell is None else f"{cell.get('cpu_us_per_op', 0):.1f}"
+
+
 def render(doc: dict[str, object]) -> str:
     """The terminal table: medians per workload and target, then ratios, goals, memory."""
-    results: dict[str, dict[str, dict[str, float]]] = doc["results"]  # type: ignore[assignment]
-    names = [t.name for t in TARGETS]
+    results, names, measured = _rows(doc)
     lines = [f"{'median IOPS (MB/s)':34}" + "".join(f"{n:>20}" for n in names)]
-    for w in WORKLOADS:
-        cells = [f"{results[n][w.name]['iops']:>9,.0f} ({results[n][w.name]['mb_s']:>6,.0f})"
-                 for n in names]  # fmt: skip
+    for w in measured:
+        cells = [_iops(results[n].get(w.name), 9) for n in names]
         lines.append(f"{w.describe():34}" + "".join(f"{c:>20}" for c in cells))
     lines += ["", f"{'nbdkit CPU us per request (median)':34}" + "".join(f"{n:>20}" for n in names)]
-    for w in WORKLOADS:
-        cells = [f"{results[n][w.name].get('cpu_us_per_op', 0):>9.1f}" for n in names]
+    for w in measured:
+        cells = [_cpu(results[n].get(w.name)) for n in names]
         lines.append(f"{w.describe():34}" + "".join(f"{c:>20}" for c in cells))
     lines.append("")
     goals: dict[str, dict[str, object]] = doc["goals"]  # type: ignore[assignment]
@@ -575,18 +622,16 @@ def _render_costs(doc: dict[str, object], *, markdown: bool = False) -> list[str
 
 def render_markdown(doc: dict[str, object]) -> str:
     """The same figures as Markdown tables, for docs/benchmarks.md."""
-    results: dict[str, dict[str, dict[str, float]]] = doc["results"]  # type: ignore[assignment]
-    names = [t.name for t in TARGETS]
+    results, names, measured = _rows(doc)
     lines = ["| median IOPS (MB/s) | " + " | ".join(f"`{n}`" for n in names) + " |",
              "|---|" + "---:|" * len(names)]  # fmt: skip
-    for w in WORKLOADS:
-        cells = [f"{results[n][w.name]['iops']:,.0f} ({results[n][w.name]['mb_s']:,.0f})"
-                 for n in names]  # fmt: skip
+    for w in measured:
+        cells = [_iops(results[n].get(w.name)) for n in names]
         lines.append(f"| {w.describe()} | " + " | ".join(cells) + " |")
     lines += ["", "| nbdkit CPU µs per request (median) | " + " | ".join(f"`{n}`" for n in names)
               + " |", "|---|" + "---:|" * len(names)]  # fmt: skip
-    for w in WORKLOADS:
-        cells = [f"{results[n][w.name].get('cpu_us_per_op', 0):.1f}" for n in names]
+    for w in measured:
+        cells = [_cpu(results[n].get(w.name)) for n in names]
         lines.append(f"| {w.describe()} | " + " | ".join(cells) + " |")
     costs = _render_costs(doc, markdown=True)
     lines += costs
@@ -614,7 +659,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
     p.add_argument("--device-size", type=int, metavar="MIB", help="device size of the servers")
     p.add_argument("--memory-written", type=int, metavar="MIB",
                    help="MiB written in the memory check (0 skips it)")  # fmt: skip
+    p.add_argument("--workloads", metavar="NAME,...",
+                   help=f"measure only these ({','.join(w.name for w in WORKLOADS)})")
     args = p.parse_args(argv)
+    known = {w.name: w for w in WORKLOADS}
+    names = args.workloads.split(",") if args.workloads else list(known)
+    if unknown := [n for n in names if n not in known]:
+        p.error(f"--workloads: unknown workload {unknown[0]!r} (known: {','.join(known)})")
+    args.workloads = [known[n] for n in dict.fromkeys(names)]
     settings = QUICK if args.quick else Settings()
     overrides: dict[str, object] = {}
     if args.reps is not None:
@@ -646,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="nbdfork-bench-") as tmp:
         workdir = Path(tmp)
-        results = measure(settings, workdir)
+        results = measure(settings, workdir, args.workloads)
         memory = measure_memory(settings, workdir) if settings.memory_written else None
         costs = format_costs(workdir, 300 if settings is QUICK else 2000)
     doc = report(settings, results, memory, started, time.monotonic() - clock)

@@ -15,6 +15,12 @@ BENCH = ROOT / "bench" / "throughput.py"
 TARGETS = ("c_memory", "minimal_python", "oracle_off", "oracle_on")
 WORKLOADS = ("4k_randwrite", "4k_randread", "1m_write", "4k_write_stamped",
              "4k_write_unstamped", "1m_write_stamped")  # fmt: skip
+FORMATS = ("fio", "xfs", "btrfs", "ext4")
+FORMAT_RATIOS = (
+    "oracle_on_vs_minimal_python_4k_randwrite",  # formats=stamp, the default
+    *(f"oracle_{name}_vs_minimal_python_4k_randwrite" for name in FORMATS),
+    "oracle_formats_vs_minimal_python_4k_randwrite",
+)
 ISSUE_RATIOS = (
     "oracle_on_vs_minimal_python_4k_randwrite",
     "oracle_on_vs_c_memory_4k_randwrite",
@@ -40,6 +46,11 @@ def test_tiny_run_prints_the_ratios_and_writes_every_json_key(tmp_path: Path) ->
             assert len(cell["runs_iops"]) == 1 and cell["iops"] > 0 and cell["mb_s"] > 0
             assert cell["cpu_us_per_op"] >= 0  # clock ticks: a tiny run may round to zero
     assert set(ISSUE_RATIOS) <= set(doc["ratios"]) and set(doc["goals"]) == set(ISSUE_RATIOS)
+    assert set(FORMAT_RATIOS) <= set(doc["ratios"])  # issue 20: the cost of each format
+    for name in FORMATS:  # a server per format alone, measured at 4k randwrite only
+        assert list(doc["results"][f"oracle_{name}"]) == ["4k_randwrite"]
+        assert doc["targets"][f"oracle_{name}"].endswith(f"oracle=on formats={name}")
+    assert set(doc["format_costs"]) == {*FORMATS, "oracle_stamp", "oracle_all_formats"}
     assert all(ratio > 0 for ratio in doc["ratios"].values())
     memory = doc["memory"]
     assert (memory["device_size"], memory["written"]) == (64 << 30, 8 << 20)
@@ -49,6 +60,15 @@ def test_tiny_run_prints_the_ratios_and_writes_every_json_key(tmp_path: Path) ->
     table = subprocess.run(again, capture_output=True, text=True, timeout=60, check=True).stdout
     assert table.startswith("| median IOPS (MB/s) | `c_memory` |")
     assert all(f"| `{name}` | {doc['ratios'][name]:.3f} |" in table for name in ISSUE_RATIOS)
+    assert "| fio 4k randwrite QD32 |" in table and "| - |" in table  # cells not measured
+
+
+def test_unknown_workload_is_a_usage_error() -> None:
+    """--workloads names only known workloads; a wrong one stops the bench with the list."""
+    argv = [sys.executable, str(BENCH), "--workloads", "4k_randwrite,8k_nope"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "unknown workload '8k_nope'" in proc.stderr and "4k_randread" in proc.stderr
 
 
 def test_bad_option_is_a_usage_error() -> None:

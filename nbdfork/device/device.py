@@ -32,6 +32,7 @@ from nbdfork.verdicts import WRITE_VERDICTS
 
 __all__ = ["Device", "DeviceStats", "ArrivedWrite", "service_percentiles"]
 
+_new_tuple = tuple.__new__
 _LATENCY_OP: dict[str, Op] = {
     "read": "read", "write": "write", "flush": "flush", "trim": "trim", "zero": "trim"
 }
@@ -163,8 +164,9 @@ class Device:
         if self.corrupter is not None:
             data = w.data = self._corrupt(w)
         if self.oracle is not None:
-            request = WriteRequest(w.request_id, connection, offset, len(data), fua, w.arrival)
-            w.arrival_tick = self.oracle.write_arrived(request, data)
+            # tuple.__new__ builds the NamedTuple without running its Python-level __new__
+            request = (w.request_id, connection, offset, len(data), fua, w.arrival)
+            w.arrival_tick = self.oracle.write_arrived(_new_tuple(WriteRequest, request), data)
         with self._lock:
             self.stats.writes += 1
             self._conn(connection).writes += 1
@@ -212,7 +214,8 @@ class Device:
                 service = self.service_times[w.connection] = array("d")
                 self.write_sizes[w.connection] = Counter()
             service.append(reply - w.arrival)
-            self.write_sizes[w.connection][len(w.data)] += 1
+            sizes = self.write_sizes[w.connection]  # a Counter: get and set cost less than +=
+            sizes[len(w.data)] = sizes.get(len(w.data), 0) + 1
 
     def write_fail(self, w: ArrivedWrite) -> None:
         """The WRITE failed: nothing of it reaches the media; it leaves the in-flight set."""

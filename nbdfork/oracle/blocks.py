@@ -19,8 +19,12 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+import numpy as np
+
 from nbdfork.device.requests import SECTOR_SIZE, WriteRequest
 from nbdfork.oracle.formats import FormatBlock, Verdict, formats_for
+from nbdfork.oracle.formats.prepass import Prepass
+from nbdfork.oracle.stamp import Buffer
 from nbdfork.verdicts import Verdict as Kind
 
 __all__ = ["BLOCK_COUNTS", "CONNECTION_SCOPED", "BlockKey", "FormatJudge", "block_event"]
@@ -59,30 +63,46 @@ class FormatJudge:
         self.formats = formats_for(names)
         self.names = tuple(f.name for f in self.formats)
         self._scan_lock = threading.Lock()
-        self._geometry: dict[str, object] = {}
+        self._geometry: list[object] = [None] * len(self.formats)  # each format's, as seen
         self._replied: dict[BlockKey, int] = {}
+        self.prepass = Prepass(f.probes() for f in self.formats)
+        self._placing = [(i, f) for i, f in enumerate(self.formats) if f.places]
 
-    def scan(self, data: memoryview, offset: int) -> tuple[FormatBlock, ...]:
-        """Every block of every format in one WRITE (formats learn as they go: one at a time)."""
+    def scan(self, data: Buffer, offset: int) -> tuple[FormatBlock, ...]:
+        """Every block of every format in one WRITE (formats learn as they go: one at a time).
+
+        The shared pre-pass first: when no sector holds a word any format probes for, the
+        formats that place blocks only look there (`scan_placed`), which finds the same."""
+        found: list[FormatBlock] = []
+        raw = data.data if isinstance(data, np.ndarray) else data
         with self._scan_lock:
-            found: list[FormatBlock] = []
-            for fmt in self.formats:
-                found += fmt.scan(data, offset)
-                geometry = getattr(fmt, "geometry", None)
-                known = self._geometry.get(fmt.name)
-                # identity first: the dataclass __eq__ runs only when a superblock was read
-                if geometry is not known and geometry != known:
-                    self._new_filesystem(fmt.name, geometry)
-                elif geometry is not known:
-                    self._geometry[fmt.name] = geometry
+            if self.prepass.clear(raw, offset):
+                if not self._placing:
+                    return ()
+                view = _view(raw)
+                for i, fmt in self._placing:
+                    found += fmt.scan_placed(view, offset)
+                    if getattr(fmt, "geometry", None) is not self._geometry[i]:
+                        self._learned(i, getattr(fmt, "geometry", None))
+            else:
+                view = _view(raw)
+                for i, fmt in enumerate(self.formats):
+                    found += fmt.scan(view, offset)
+                    if getattr(fmt, "geometry", None) is not self._geometry[i]:
+                        self._learned(i, getattr(fmt, "geometry", None))
         return tuple(found)
 
-    def _new_filesystem(self, name: str, geometry: object) -> None:
-        """A format learned a new geometry (mkfs): its old versions describe nothing now."""
-        self._geometry[name] = geometry
-        stale = [key for key in self._replied if key[0] == name]
-        for key in stale:
-            del self._replied[key]
+    def _learned(self, index: int, geometry: object) -> None:
+        """Format `index` read a superblock: its probes may have changed, and if the geometry
+        differs (mkfs), its old versions describe nothing now."""
+        known, self._geometry[index] = self._geometry[index], geometry
+        self.prepass = Prepass(f.probes() for f in self.formats)
+        # identity first (in scan): the dataclass __eq__ runs only when a superblock was read
+        if geometry != known:
+            name = self.formats[index].name
+            stale = [key for key in self._replied if key[0] == name]
+            for key in stale:
+                del self._replied[key]
 
     @staticmethod
     def _key(block: FormatBlock, connection: int) -> BlockKey:
@@ -132,6 +152,12 @@ class FormatJudge:
     def _stale(req: WriteRequest, block: FormatBlock, newer: int, phase: str) -> dict[str, object]:
         return block_event(Kind.STALE.value, req, block, replied_version=newer,
                            generations=[block.version, newer], phase=phase)  # fmt: skip
+
+
+def _view(data: bytes | bytearray | memoryview) -> memoryview:
+    """A payload as a flat byte view (nbdkit hands a memoryview; tests bytes or arrays)."""
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 def covering(

@@ -31,6 +31,7 @@ __all__ = [
     "FILL_WORDS",
     "FORMAT_VERSION",
     "MAGIC",
+    "NOTHING",
     "NO_STAMPS",
     "PAGE_SIZE",
     "SECTORS_PER_PAGE",
@@ -622,6 +623,8 @@ class Found(NamedTuple):
 
 
 _SECTOR_HEAD: Final = struct.Struct("<QHHIQ")  # magic, version, sector index, stream, page
+NOTHING: Final = Found(NO_STAMPS, ())
+"""What a WRITE without a stamped sector carries."""
 
 
 def find_pages(buf: Buffer, offset: int) -> Found:
@@ -634,6 +637,13 @@ def find_pages(buf: Buffer, offset: int) -> Found:
     """
     data = buf.data if isinstance(buf, np.ndarray) else buf
     length = len(data)
+    # The common WRITE: 4 KiB at a sector boundary, no sector starting with the magic.
+    if (
+        length == PAGE_SIZE
+        and not offset % SECTOR_SIZE
+        and _MAGIC_U64 not in _FIRST_WORDS.unpack_from(data)
+    ):
+        return NOTHING
     if not (offset | length) % PAGE_SIZE:  # page-aligned: the fast vectorized path
         stamps = find_stamps(data, base_offset=offset) if length else NO_STAMPS
         if not stamps.torn:  # every magic sector belongs to a VALID page in place

@@ -19,10 +19,12 @@ from nbdfork.oracle.blocks import BLOCK_COUNTS, FormatJudge, covering
 from nbdfork.oracle.formats import FORMATS, FormatBlock
 from nbdfork.oracle.stamp import (
     NO_STAMPS,
+    NOTHING,
     PAGE_SIZE,
     SECTOR_SIZE,
     SECTORS_PER_PAGE,
     Buffer,
+    Found,
     PageDecode,
     PageStatus,
     Piece,
@@ -236,6 +238,7 @@ class Oracle:
         self._counts: Counter[str] = Counter({name: 0 for name in COUNTED})
         self._writes = self._stamped = self._valid = 0  # per-WRITE tallies, kept out of _counts
         self._by_conn: dict[int, Counter[str]] = {}  # every count again, per connection
+        self._conn_writes: dict[int, int] = {}  # but writes, kept out of _by_conn
         self._tick = 0
 
     def write_arrived(self, req: WriteRequest, data: Buffer) -> int:
@@ -243,50 +246,70 @@ class Oracle:
         offset, length = req.offset, req.length
         if len(data) != length:
             raise ValueError(f"write {req.request_id}: payload {len(data)} bytes, length {length}")
-        stamps, pieces = find_pages(data, offset) if self._stamp else (NO_STAMPS, ())
-        blocks = () if self._blocks is None else self._blocks.scan(_view(data), offset)
+        found = find_pages(data, offset) if self._stamp else NOTHING
+        stamps, pieces = found
+        blocks = () if self._blocks is None else self._blocks.scan(data, offset)
         valid = _valid_keys(stamps) if stamps.valid else ()
-        whole = stamps if stamps.stamped else None
         first, end = offset // SECTOR_SIZE, -(-(offset + length) // SECTOR_SIZE)
-        events: list[Event] = []
         with self._lock:
             in_flight = self._in_flight
             if req.request_id in in_flight:
                 raise ValueError(f"write {req.request_id} is already in flight")
-            others = [f for f in in_flight.values() if f[2] < end and first < f[3]]
-            if others:
-                events += self._overlaps(req, others, blocks, stamps, pieces)
-            track: tuple[FormatBlock, ...] = ()
-            if blocks:
-                assert self._blocks is not None
-                conn_fmt = self._fmt_conn(req.connection)
-                found, track = self._blocks.arrived(req, blocks, (self._fmt, conn_fmt))
-                events += found
-            if stamps.torn:
-                events += validate_torn(req, stamps.torn)
-            if valid:
-                stale = validate_stale(req, valid, self._replied)
-                if stale:  # reported once: not again when this copy lands
-                    events += stale
-                    valid = tuple(v for v in valid if v[1] >= self._replied.get(v[0], -1))
-            # tuple.__new__ builds the NamedTuple without running its Python-level __new__
-            flight = (req, valid, first, end, whole, pieces, blocks, track)
-            in_flight[req.request_id] = _new_tuple(InFlight, flight)
+            if stamps.stamped or pieces or blocks or in_flight:
+                self._arrive(req, (first, end), found, valid, blocks)
+            else:  # the common WRITE: nothing to judge, nothing beside it
+                flight = (req, (), first, end, None, (), (), ())
+                in_flight[req.request_id] = _new_tuple(InFlight, flight)
             self._writes += 1
+            writes = self._conn_writes
+            writes[req.connection] = writes.get(req.connection, 0) + 1
+            self._tick += 1
+            return self._tick
+
+    def _arrive(
+        self,
+        req: WriteRequest,
+        sectors: tuple[int, int],
+        found: Found,
+        valid: tuple[tuple[PageKey, int], ...],
+        blocks: tuple[FormatBlock, ...],
+    ) -> None:
+        """write_arrived of a WRITE carrying pages, pieces or blocks, or with others in flight:
+        its verdicts and its InFlight entry, pages counted (lock held)."""
+        in_flight = self._in_flight
+        (first, end), (stamps, pieces) = sectors, found
+        events: list[Event] = []
+        others = [f for f in in_flight.values() if f[2] < end and first < f[3]]
+        if others:
+            events += self._overlaps(req, others, blocks, stamps, pieces)
+        track: tuple[FormatBlock, ...] = ()
+        if blocks:
+            assert self._blocks is not None
+            conn_fmt = self._fmt_conn(req.connection)
+            judged, track = self._blocks.arrived(req, blocks, (self._fmt, conn_fmt))
+            events += judged
+        if stamps.torn:
+            events += validate_torn(req, stamps.torn)
+        if valid:
+            stale = validate_stale(req, valid, self._replied)
+            if stale:  # reported once: not again when this copy lands
+                events += stale
+                valid = tuple(v for v in valid if v[1] >= self._replied.get(v[0], -1))
+        whole = stamps if stamps.stamped else None
+        # tuple.__new__ builds the NamedTuple without running its Python-level __new__
+        flight = (req, valid, first, end, whole, pieces, blocks, track)
+        in_flight[req.request_id] = _new_tuple(InFlight, flight)
+        if stamps.stamped:
             conn = self._conn(req.connection)
-            conn["writes"] += 1
-            if stamps.stamped:
-                self._stamped += stamps.stamped
-                self._valid += len(stamps.valid)
-                self._counts["torn_pages"] += len(stamps.torn)
-                conn["stamped_pages"] += stamps.stamped
-                conn["valid_pages"] += len(stamps.valid)
-                conn["torn_pages"] += len(stamps.torn)
-            if events:  # emitted under the lock: events.jsonl follows the oracle's history
-                self._count_events(events)
-                self._emit(events)
-            tick = self._next_tick()
-        return tick
+            self._stamped += stamps.stamped
+            self._valid += len(stamps.valid)
+            self._counts["torn_pages"] += len(stamps.torn)
+            conn["stamped_pages"] += stamps.stamped
+            conn["valid_pages"] += len(stamps.valid)
+            conn["torn_pages"] += len(stamps.torn)
+        if events:  # emitted under the lock: events.jsonl follows the oracle's history
+            self._count_events(events)
+            self._emit(events)
 
     def write_replied(self, request_id: int, *, ok: bool, time: float) -> int:
         """The WRITE reached the media (ok) or failed (nothing of it landed); returns the tick.
@@ -450,6 +473,7 @@ class Oracle:
         with self._lock:
             if connection is not None:
                 counts = {name: 0 for name in COUNTED} | dict(self._conn(connection))
+                counts["writes"] = self._conn_writes.get(connection, 0)
                 counts["assembling_pages"] = len(self._assembling)
                 return counts
             counts = dict(self._counts)
@@ -515,12 +539,6 @@ def _evidence(data: bytes, stream: int, page: int) -> bool:
     the page is not VALID). Sectors holding other data are not a tear: the page was replaced."""
     gens = [g for g in sector_generations(data, stream, page) if g is not None]
     return len(set(gens)) > 1 or len(gens) == SECTORS_PER_PAGE
-
-
-def _view(data: Buffer) -> memoryview:
-    """A payload as a flat byte view (nbdkit hands a memoryview; tests bytes or arrays)."""
-    view = data if isinstance(data, memoryview) else memoryview(data)  # type: ignore[arg-type]
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 def _stamped_in(stamps: Stamps, pieces: Iterable[Piece], start: int, end: int) -> bool:

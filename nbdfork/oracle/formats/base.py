@@ -5,13 +5,16 @@ A format finds the blocks of one writer (fio, a filesystem) inside the bytes of 
 judges each: ``ok`` (its checksum matches what arrived), ``torn`` (it does not), or
 ``unchecked`` (recognised, but this format cannot check it here; the reason says why). A WRITE
 with no recognisable block yields an empty list and must cost almost nothing: formats reject
-data by looking at a few bytes per sector before they parse anything.
+data by looking at a few bytes per sector before they parse anything, and declare those bytes
+(`BlockFormat.probes`) so that one pre-pass (nbdfork.oracle.formats.prepass) looks at them for
+every format at once.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -21,6 +24,7 @@ __all__ = [
     "SECTOR",
     "BlockFormat",
     "FormatBlock",
+    "Probes",
     "Verdict",
     "crc32c_raw",
     "crc32c_std",
@@ -82,16 +86,34 @@ def older(version: int, than: int, bits: int = 64) -> bool:
     return 0 < diff < 1 << (bits - 1)
 
 
+Probes = Mapping[int, Collection[bytes]]
+"""Byte offset in a sector -> the 2-byte words a format's content scan needs to see there."""
+
+
 class BlockFormat(Protocol):
     """A format: finds and judges its blocks in one WRITE; may learn geometry as it goes.
 
     Instances are per device (a superblock seen on one device says nothing about another).
+    The pre-pass contract: for a WRITE of whole sectors at a sector-aligned device offset in
+    which no sector holds, at any offset of `probes()`, one of the words listed there,
+    `scan_placed` returns what `scan` would, with the same effect on the format's state.
     """
 
     name: str
+    places: bool
+    """Whether `scan_placed` can find anything (False: it returns [], and is not called)."""
 
     def scan(self, data: memoryview, device_offset: int) -> list[FormatBlock]:
         """The blocks of this format in `data`, a WRITE landing at byte `device_offset`."""
+        ...
+
+    def probes(self) -> Probes | None:
+        """Where `scan` looks for content, as the pre-pass reads it (None: every WRITE needs the
+        full scan). May change only when the format's `geometry` attribute does."""
+        ...
+
+    def scan_placed(self, data: memoryview, device_offset: int) -> list[FormatBlock]:
+        """`scan` of a WRITE in which the pre-pass found no probe word: blocks found by place."""
         ...
 
 

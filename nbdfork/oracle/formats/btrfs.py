@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from nbdfork.oracle.formats.base import FormatBlock, Verdict, crc32c_std
+from nbdfork.oracle.formats.base import SECTOR, FormatBlock, Probes, Verdict, crc32c_std
 
 __all__ = ["SUPER_OFFSETS", "BtrfsFormat", "BtrfsGeometry"]
 
@@ -85,9 +85,29 @@ class BtrfsFormat:
     """btrfs superblocks and tree blocks of one filesystem (single device)."""
 
     name = "btrfs"
+    places = True
 
     def __init__(self) -> None:
         self.geometry: BtrfsGeometry | None = None
+
+    def probes(self) -> Probes | None:
+        """The fsid's first bytes where a tree block (aligned to the sector size) keeps it;
+        none before a superblock. Superblocks are found by place (`scan_placed`)."""
+        geo = self.geometry
+        if geo is None:
+            return {}
+        if geo.sectorsize % SECTOR:
+            return None  # tree blocks could start inside a 512-byte sector
+        return {_CSUM_START: (geo.fsid[:2],)}
+
+    def scan_placed(self, data: memoryview, device_offset: int) -> list[FormatBlock]:
+        """The full scan when `data` holds a superblock copy's place (the superblock may teach
+        a new fsid to look for in the same WRITE), else nothing."""
+        end = device_offset + len(data)
+        for at in SUPER_OFFSETS:
+            if device_offset <= at and at + SUPER_SIZE <= end:
+                return self.scan(data, device_offset)
+        return []
 
     def scan(self, data: memoryview, device_offset: int) -> list[FormatBlock]:
         """Superblock copies and tree blocks (once the fsid is known) in `data`, judged."""

@@ -18,7 +18,15 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final
 
-from nbdfork.oracle.formats.base import FormatBlock, Verdict, crc32c_raw, sector_candidates
+from nbdfork.oracle.formats.base import (
+    SECTOR,
+    FormatBlock,
+    Probes,
+    Verdict,
+    crc32c_raw,
+    sector_candidates,
+)
+from nbdfork.oracle.formats.jbd2 import PROBES as _JBD2_PROBES
 from nbdfork.oracle.formats.jbd2 import Jbd2Journal
 
 __all__ = ["Ext4Format", "Ext4Geometry"]
@@ -38,6 +46,16 @@ _EXTENT_MAGIC: Final = b"\x0a\xf3"
 _DIR_TAIL: Final = b"\x00\x00\x00\x00\x0c\x00\x00\xde"  # ext4_dir_entry_tail, first 8 bytes
 _GOOD_OLD_INODE: Final = 128
 _FIRST_SB: Final = re.compile(b"\x53")
+_SB_MAGIC_AT: Final = 0x38  # s_magic, 0xef53
+# The pre-pass's view of the scans (superblock magic, journal magic; once the geometry is
+# known, an extent header at a block start and a directory tail's last two bytes, which end
+# 6 bytes before the block's end: both at fixed offsets of a sector, blocks being sectors).
+_PROBES_UNKNOWN: Final[Probes] = {_SB_MAGIC_AT: (b"\x53\xef",), **_JBD2_PROBES}
+_PROBES: Final[Probes] = {
+    **_PROBES_UNKNOWN,
+    0: (*_JBD2_PROBES[0], _EXTENT_MAGIC),
+    SECTOR - 6: (_DIR_TAIL[6:8],),
+}
 _GDT, _GDT_PRIMARY, _ITABLE = "gdt", "gdt0", "itable"
 _PENDING_MAX: Final = 4096  # blocks waiting for their owner inode, at most (oldest dropped)
 
@@ -154,6 +172,7 @@ class Ext4Format:
     """ext4 metadata_csum blocks of one filesystem, plus its jbd2 journal."""
 
     name = "ext4"
+    places = True
 
     def __init__(self) -> None:
         self.geometry: Ext4Geometry | None = None
@@ -161,6 +180,22 @@ class Ext4Format:
         self.journal = Jbd2Journal()
         self.pending: dict[int, list[_Pending]] = {}  # owner inode -> blocks to judge
         self._resolved: list[FormatBlock] = []
+
+    def probes(self) -> Probes:
+        """Superblock and journal magics; extent and directory tails once the geometry is known."""
+        return _PROBES_UNKNOWN if self.geometry is None else _PROBES
+
+    def scan_placed(self, data: memoryview, device_offset: int) -> list[FormatBlock]:
+        """Group descriptors and inode tables, where the geometry and descriptors put them."""
+        geo = self.geometry
+        if geo is None:
+            return []
+        found = self._placed_blocks(data, device_offset, geo)
+        if self._resolved:
+            found += self._resolved
+            self._resolved = []
+        found.sort(key=lambda b: b.offset)
+        return found
 
     def scan(self, data: memoryview, device_offset: int) -> list[FormatBlock]:
         """Every ext4 metadata block in `data` this format can place, judged; and the blocks
@@ -213,8 +248,8 @@ class Ext4Format:
     def _superblocks(self, data: memoryview, base: int) -> list[FormatBlock]:
         found = []
         first = (-base) % _SB_SIZE  # superblocks sit at 1 KiB-aligned device offsets
-        for p in sector_candidates(data[first:], _FIRST_SB, at=0x38, step=_SB_SIZE):
-            start = first + p - 0x38
+        for p in sector_candidates(data[first:], _FIRST_SB, at=_SB_MAGIC_AT, step=_SB_SIZE):
+            start = first + p - _SB_MAGIC_AT
             sb = data[start:]
             if len(sb) < _SB_SIZE or sb[0x39] != 0xEF:
                 continue

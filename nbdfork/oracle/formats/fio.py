@@ -19,6 +19,7 @@ from typing import Final
 from nbdfork.oracle.formats.base import (
     SECTOR,
     FormatBlock,
+    Probes,
     Verdict,
     crc32c_raw,
     sector_candidates,
@@ -31,6 +32,7 @@ VERSIONED: Final = 0x81
 _MASK: Final = 0xFFFF_FFFF
 _MAX_LEN: Final = 1 << 26  # a verify interval is at most fio's largest block size
 _FIRST: Final = re.compile(b"\xca")
+_PROBES: Final[Probes] = {0: (MAGIC.to_bytes(2, "little"),)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,15 @@ class FioFormat:
     """fio verify blocks (stateless: every header says its type and length)."""
 
     name = "fio"
+    places = False
+
+    def probes(self) -> Probes:
+        """The magic at a sector start."""
+        return _PROBES
+
+    def scan_placed(self, data: memoryview, device_offset: int) -> list[FormatBlock]:
+        """Nothing: a fio block is found by its magic alone."""
+        return []
 
     def scan(self, data: memoryview, device_offset: int) -> list[FormatBlock]:
         """Every fio header at a sector start of `data`, judged."""

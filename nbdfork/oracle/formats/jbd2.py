@@ -17,11 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from nbdfork.oracle.formats.base import FormatBlock, Verdict, crc32c_raw, sector_candidates
+from nbdfork.oracle.formats.base import (
+    FormatBlock,
+    Probes,
+    Verdict,
+    crc32c_raw,
+    sector_candidates,
+)
 
-__all__ = ["MAGIC", "Jbd2Journal"]
+__all__ = ["MAGIC", "PROBES", "Jbd2Journal"]
 
 MAGIC: Final = b"\xc0\x3b\x39\x98"
+PROBES: Final[Probes] = {0: (MAGIC[:2],)}
+"""What the pre-pass looks for: the magic's first bytes at a sector start."""
 _BE32: Final = struct.Struct(">I")
 _MASK: Final = 0xFFFF_FFFF
 _FIRST: Final = re.compile(b"\xc0")

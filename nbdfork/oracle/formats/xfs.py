@@ -17,6 +17,7 @@ from typing import Final
 from nbdfork.oracle.formats.base import (
     SECTOR,
     FormatBlock,
+    Probes,
     Verdict,
     crc32c_std,
     crc32c_std_skip,
@@ -79,6 +80,12 @@ _DINODE: Final = _Kind("xfs.dinode", "inode", crc=100, uuid=160, lsn=112, blkno=
 
 _FIRST0: Final = re.compile(b"[XAIFRBN\xfe]")
 _FIRST8: Final = re.compile(b"[\x3e\x3d\x3b]")
+# The pre-pass's view of the two scans: before the superblock only its magic is looked for.
+_PROBES_UNKNOWN: Final[Probes] = {0: (SB_MAGIC[:2],)}
+_PROBES: Final[Probes] = {
+    0: {m[:2] for m in (SB_MAGIC, _DINODE_MAGIC, LOG_MAGIC.to_bytes(4, "big"), *_AT0)},
+    8: tuple(_AT8),
+}
 
 # xlog_rec_header (xfs_log_format.h): h_cycle 4, h_version 8, h_len 12, h_lsn 16, h_crc 32,
 # h_cycle_data 44 (64 words), h_fmt 300, h_fs_uuid 304, h_size 320; 328 bytes on x86-64
@@ -134,9 +141,18 @@ class XfsFormat:
     """XFS v5 metadata blocks and log records, judged against the learned superblock."""
 
     name = "xfs"
+    places = False
 
     def __init__(self) -> None:
         self.geometry: XfsGeometry | None = None
+
+    def probes(self) -> Probes:
+        """Magics at a sector start and, once the superblock is known, at byte 8."""
+        return _PROBES_UNKNOWN if self.geometry is None else _PROBES
+
+    def scan_placed(self, data: memoryview, device_offset: int) -> list[FormatBlock]:
+        """Nothing: every XFS block is found by its magic."""
+        return []
 
     def scan(self, data: memoryview, device_offset: int) -> list[FormatBlock]:
         """Every XFS block starting at a sector start of `data`, judged."""
