@@ -16,12 +16,23 @@ from nbdfork.config import FORMAT_NAMES, parse_params
 from nbdfork.device.device import Device
 from nbdfork.errors import ConfigError
 from nbdfork.oracle.events import read_events
+from nbdfork.oracle.formats import Verdict
+from nbdfork.oracle.formats.ext4 import Ext4Format
 from nbdfork.oracle.formats.fio import FioFormat
 from nbdfork.oracle.stamp import encode_page
 from nbdfork.oracle.verify import FORMAT_NAMES as ORACLE_FORMATS
 from nbdfork.oracle.verify import Oracle, WriteRequest, judge
 from tests.conftest import Server
-from tests.test_formats import btrfs_image, ext4_image, fio_file, run, xfs_image
+from tests.test_formats import (
+    btrfs_image,
+    ext4_image,
+    fio_file,
+    mount_and_write,
+    populate,
+    run,
+    scan_image,
+    xfs_image,
+)
 from tests.test_oracle import ListSink
 
 KiB = 1024
@@ -46,11 +57,11 @@ def chunks(image: bytes) -> Iterator[tuple[int, bytes]]:
             yield off, data
 
 
-def feed(dev: Device, image: bytes, connection: int = 1) -> int:
-    """WRITE every non-zero chunk of `image` to `dev`; how many WRITEs."""
+def feed(dev: Device, image: bytes, connection: int = 1, at: int = 0) -> int:
+    """WRITE every non-zero chunk of `image` to `dev`, `at` bytes in; how many WRITEs."""
     n = 0
     for off, data in chunks(image):
-        dev.pwrite(connection, data, off, fua=False)
+        dev.pwrite(connection, data, at + off, fua=False)
         n += 1
     return n
 
@@ -134,6 +145,40 @@ def test_a_second_mkfs_forgets_the_first_filesystems_versions(tmp_path: Path) ->
     feed(dev, first)
     feed(dev, xfs_image(tmp_path).read_bytes())  # a new uuid: a new filesystem
     assert sink.events == [] and formats_seen(dev, "xfs")["ok_blocks"] >= 16
+
+
+def test_a_second_ext4_journal_below_a_stack_header_is_not_stale(tmp_path: Path) -> None:
+    """Two ext4 filesystems in turn, 1 MiB into the device (where md or dm-integrity puts its
+    data, so the superblock that would say "new filesystem" is not at the device's start): the
+    second journal's sequences restart below the first's at the same places, and no version
+    of one journal is compared with the other's."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    # One transaction per file (sync -f); touch and mkdir make transactions of different
+    # lengths, so the two journals' blocks meet at some places, and populate's one large
+    # transaction puts the second journal's sequences behind the first's there.
+    each = "for i in $(seq 40); do {op} {{mnt}}/t$i; sync -f {{mnt}}; done"
+    first, second = ext4_image(tmp_path / "a"), ext4_image(tmp_path / "b")
+    mount_and_write(first, [["sh", "-c", each.format(op="touch")]])
+    populate(second)
+    mount_and_write(second, [["sh", "-c", each.format(op="mkdir")]])
+    journals = [_jbd2_versions(p.read_bytes()) for p in (first, second)]
+    behind = [at for at, seq in journals[1].items() if journals[0].get(at, -1) > seq]
+    assert behind, "precondition: the second journal writes lower sequences at the same places"
+    sink = ListSink()
+    dev = device(sink, "formats=ext4", size="1G")
+    feed(dev, first.read_bytes(), at=MiB)
+    feed(dev, second.read_bytes(), at=MiB)
+    assert [e for e in sink.events if e["event"] == "stale_write"] == []
+    assert formats_seen(dev, "ext4")["ok_blocks"] >= 2 * len(journals[1])
+
+
+def _jbd2_versions(image: bytes) -> dict[int, int]:
+    """Offset -> sequence of every checked jbd2 block (other than the superblock) in `image`."""
+    blocks = scan_image(Ext4Format(), image)
+    return {b.offset: b.version for b in blocks
+            if b.kind.startswith("jbd2.") and b.kind != "jbd2.super"
+            and b.version is not None and b.verdict is Verdict.OK}  # fmt: skip
 
 
 # --- controls: a corrupted metadata block, a torn fio block -----------------------------------

@@ -7,6 +7,11 @@ the transaction sequence, which is the block's version. Checksums are crc32c_raw
 inversion), stored big-endian: the superblock's over its 1024 bytes from seed ~0, the others
 over the whole journal block from the seed crc32c_raw(~0, s_uuid) -- so a journal superblock
 with a checksum feature must be seen before any other jbd2 block can be checked.
+
+A checked block's ident is its journal's checksum seed (from s_uuid): sequences are compared only
+within one journal. A new filesystem on the same device (mkfs, as a storage stack does each run)
+starts its journal's sequence again, and where the filesystem's own superblock is not at the
+device's start (md, dm-integrity) nothing else tells the oracle that the journal is new.
 """
 
 from __future__ import annotations
@@ -76,8 +81,11 @@ class Jbd2Journal:
     def _judge(self, block: memoryview, btype: int, at: int) -> FormatBlock:
         sequence = _BE32.unpack_from(block, 8)[0]
 
-        def result(length: int, verdict: Verdict, reason: str = "") -> FormatBlock:
-            return FormatBlock("ext4", _KINDS[btype], at, length, sequence, (), verdict,
+        def result(
+            length: int, verdict: Verdict, reason: str = "", journal: int | None = None
+        ) -> FormatBlock:
+            ident = () if journal is None else (journal,)
+            return FormatBlock("ext4", _KINDS[btype], at, length, sequence, ident, verdict,
                                None, reason, 32)  # fmt: skip (tid_t wraps: tid_gt())
 
         if btype in (_SB_V1, _SB_V2):
@@ -93,8 +101,9 @@ class Jbd2Journal:
         field = _COMMIT_CSUM if btype == _COMMIT else size - 4
         want = _BE32.unpack_from(block, field)[0]
         got = crc32c_raw(journal.csum_seed, _zeroed(block, field, size))
-        return result(size, Verdict.OK if got == want else Verdict.TORN,
-                      "" if got == want else "jbd2 checksum mismatch")  # fmt: skip
+        if got != want:
+            return result(size, Verdict.TORN, "jbd2 checksum mismatch")
+        return result(size, Verdict.OK, journal=journal.csum_seed)
 
     def _superblock(self, block: memoryview, btype: int, result: _Result) -> FormatBlock:
         if len(block) < _SB_SIZE:
@@ -108,4 +117,4 @@ class Jbd2Journal:
         if crc32c_raw(_MASK, _zeroed(block, _SB_CSUM, _SB_SIZE)) != want:
             return result(_SB_SIZE, Verdict.TORN, "jbd2 superblock checksum mismatch")
         self.journal = _Journal(blocksize, crc32c_raw(_MASK, block[0x30:0x40]))
-        return result(_SB_SIZE, Verdict.OK)
+        return result(_SB_SIZE, Verdict.OK, journal=self.journal.csum_seed)
