@@ -17,6 +17,7 @@ from nbdfork.device.requests import Media, WriteRequest
 from nbdfork.errors import ConfigError
 from nbdfork.oracle.blocks import BLOCK_COUNTS, FormatJudge, covering
 from nbdfork.oracle.formats import FORMATS, FormatBlock
+from nbdfork.oracle.layers import Layers
 from nbdfork.oracle.stamp import (
     NO_STAMPS,
     NOTHING,
@@ -59,7 +60,7 @@ PageKey = tuple[int, int, int]
 COUNTED = (
     *map(str, WRITE_VERDICTS),
     "writes", "stamped_pages", "valid_pages", "torn_pages", "failed_writes", "unknown_replies",
-    "incomplete_pages",
+    "incomplete_pages", "layer_journal_writes",
 )  # fmt: skip
 """The keys of Oracle.counts(): events per verdict, then per-write and per-page tallies."""
 
@@ -240,15 +241,24 @@ class Oracle:
         self._by_conn: dict[int, Counter[str]] = {}  # every count again, per connection
         self._conn_writes: dict[int, int] = {}  # but writes, kept out of _by_conn
         self._tick = 0
+        self._layers = Layers()  # a layer's journal: its WRITEs are not the writer's blocks
 
     def write_arrived(self, req: WriteRequest, data: Buffer) -> int:
         """Decode the payload, emit its verdicts and register it as in flight; returns the tick."""
         offset, length = req.offset, req.length
         if len(data) != length:
             raise ValueError(f"write {req.request_id}: payload {len(data)} bytes, length {length}")
-        found = find_pages(data, offset) if self._stamp else NOTHING
+        layers = self._layers
+        if offset == 0:
+            layers.saw(data, req.connection)
+        journal = layers.journal is not None and layers.inside(offset, length)
+        blocks: tuple[FormatBlock, ...]
+        if journal:  # a layer's own copy (docs/stacks.md): nothing of it is judged
+            found, blocks = NOTHING, ()
+        else:
+            found = find_pages(data, offset) if self._stamp else NOTHING
+            blocks = () if self._blocks is None else self._blocks.scan(data, offset)
         stamps, pieces = found
-        blocks = () if self._blocks is None else self._blocks.scan(data, offset)
         valid = _valid_keys(stamps) if stamps.valid else ()
         first, end = offset // SECTOR_SIZE, -(-(offset + length) // SECTOR_SIZE)
         with self._lock:
@@ -261,6 +271,9 @@ class Oracle:
                 flight = (req, (), first, end, None, (), (), ())
                 in_flight[req.request_id] = _new_tuple(InFlight, flight)
             self._writes += 1
+            if journal:
+                self._counts["layer_journal_writes"] += 1
+                self._conn(req.connection)["layer_journal_writes"] += 1
             writes = self._conn_writes
             writes[req.connection] = writes.get(req.connection, 0) + 1
             self._tick += 1
@@ -435,7 +448,9 @@ class Oracle:
             return self._next_tick()
 
     def connection_closed(self, connection: int, *, time: float) -> int:
-        """Judge the pages `connection` left in pieces: the client can add nothing to them."""
+        """Judge the pages `connection` left in pieces: the client can add nothing to them; forget
+        the layer layout it wrote."""
+        self._layers.closed(connection)
         return self._judge_left(lambda page: page.connection == connection, connection, time)
 
     def finish(self, *, time: float) -> int:
