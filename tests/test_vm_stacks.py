@@ -1,7 +1,9 @@
 """Storage stacks under Debian 12's kernel (6.1), judged by their own checkers, in one boot:
 btrfs with O_DIRECT buffers changing in flight (positive control: 6.1 writes data that fails
 its own checksum), btrfs with pwrite (negative control: none), and md raid1 whose second leg
-has a byte changed in flight by the device's fault injection (the checkers must see it).
+has a byte changed in flight by the device's fault injection (the checkers must see it); and,
+in a second boot, dm-integrity D whose only device has bytes changed in flight in its data
+area (the read-back must refuse blocks).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from nbdfork.experiments.matrix.session import RunOptions, RunSession
+from nbdfork.experiments.matrix.session import DEFAULT_DEVICE, RunOptions, RunSession
 from tests.test_vm import REQUIRED, missing_prerequisite
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -65,3 +67,39 @@ def test_a_damaged_leg_is_seen_by_md_check_and_the_mirror_comparison(
     assert checks["md_check"]["mismatch_cnt"] > 0 and checks["mirror_diff_pages"] > 0
     assert [d["device"] for d in run["devices"]] == [0, 1]
     assert run["layers"][0]["path"] == "/dev/md0" and run["layers"][0]["stable_writes_run"] == 0
+
+
+@pytest.fixture(scope="module")
+def damaged_integrity(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One boot: dm-integrity D (ext4, pwrite) with 5% of the WRITEs to 16M..120M of its device
+    changed in flight (past the superblock and journal, so the target still opens)."""
+    missing = missing_prerequisite()
+    if missing is not None:
+        if REQUIRED:
+            pytest.fail(f"VM tier prerequisite missing: {missing}")
+        pytest.skip(missing)
+    options = RunOptions(
+        out=tmp_path_factory.mktemp("integrity") / "out", stacks=("dm-integrity:D",),
+        filesystems=("ext4",), stable_writes=(0,), workloads=("pwrite",), seconds=3.0,
+        seed=5, nbdkit_threads=1, device={**DEFAULT_DEVICE, "size": "128M"},
+        device_params=((0, "corrupt-op", "write"), (0, "corrupt-probability", "0.05"),
+                       (0, "corrupt-range", "16M-120M")),
+    )  # fmt: skip
+    report: dict[str, Any] = msgspec.to_builtins(RunSession(options).execute())
+    (run,) = report["runs"]
+    return run
+
+
+def test_a_damaged_integrity_device_is_refused_at_read_back(
+    damaged_integrity: dict[str, Any],
+) -> None:
+    """The read-back counts blocks the target refuses (EILSEQ) and the kernel's own lines say
+    which sectors failed; the run names the device's parameters, and fsck is still run."""
+    run = damaged_integrity
+    assert run["outcome"] in ("passed", "violations"), run["error"]
+    check = run["checks"]["dm_integrity"]
+    assert check["mode"] == "D" and check["integrity_errors"] > 0
+    assert check["failed_with"] == {"EILSEQ": check["integrity_errors"]}
+    assert any("Checksum failed" in line for line in check["kernel_lines"])
+    assert run["device_overrides"]["0"]["corrupt-op"] == "write"
+    assert run["checks"]["fsck"]["tool"] == "e2fsck"
