@@ -3,8 +3,6 @@ md raid1 cut across its two members at one instant and recovered by md itself.""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import msgspec
@@ -12,26 +10,16 @@ import pytest
 
 from nbdfork.experiments.crash.host import CrashOptions, run_crash
 from nbdfork.experiments.crash.render import render_crash_report
+from tests.test_vm import require_vm
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
-
-
-def _require_vm() -> None:
-    missing = [tool for tool in ("qemu-system-x86_64", "nbdkit") if shutil.which(tool) is None]
-    if not any(Path("/boot").glob("vmlinuz-*")):
-        missing.append("a kernel in /boot")
-    if missing:
-        message = f"VM prerequisites missing: {', '.join(missing)} (run scripts/setup)"
-        if os.environ.get("NBDFORK_VM_TESTS") == "1" or os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.mark.parametrize("fs", ["ext4", "xfs"])
 def test_crash_campaign_passes_and_control_fails(fs: str, tmp_path: Path) -> None:
     """Crash states of a correct device keep every fsynced generation and pass fsck; the
     ignore-flush control replaying the same trace loses writes."""
-    _require_vm()
+    require_vm()
     options = CrashOptions(out=tmp_path / fs, fs=fs, states=4, control_states=3, seconds=2,
                            seed=11)  # fmt: skip
     report = msgspec.to_builtins(run_crash(options))
@@ -52,7 +40,7 @@ def test_md_raid1_crash_states_are_recovered_by_md(tmp_path: Path) -> None:
     its members compared before md's own resync and md's check run after it, then mounted,
     ledger-checked and fsck'd; after
     the resync no member disagrees and nothing fsynced is lost; the control loses writes."""
-    _require_vm()
+    require_vm()
     options = CrashOptions(out=tmp_path / "md", stack="md-raid1", states=2, control_states=1,
                            seconds=1, seed=7, points="any")  # fmt: skip
     report = msgspec.to_builtins(run_crash(options))

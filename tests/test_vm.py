@@ -46,15 +46,20 @@ def vm_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("vm") / "out"
 
 
-@pytest.fixture(scope="module")
-def matrix(vm_out: Path) -> dict[str, Any]:
-    """One boot running the default matrix; its report.json content."""
+def require_vm() -> None:
+    """Fail (NBDFORK_VM_TESTS=1 or CI=true) or skip when the VM tier lacks a prerequisite."""
     missing = missing_prerequisite()
     if missing is not None:
         message = f"VM tier prerequisite missing: {missing}"
         if REQUIRED:
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def matrix(vm_out: Path) -> dict[str, Any]:
+    """One boot running the default matrix; its report.json content."""
+    require_vm()
     options = RunOptions(out=vm_out, filesystems=FILESYSTEMS, seconds=SECONDS, seed=2026)
     report: dict[str, Any] = msgspec.to_builtins(RunSession(options).execute())
     return report

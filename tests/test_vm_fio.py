@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from nbdfork.experiments.matrix.session import RunOptions, RunSession
-from tests.test_vm import REQUIRED, missing_prerequisite
+from tests.test_vm import require_vm
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -25,11 +25,7 @@ JOB = Path(__file__).resolve().parent.parent / "bench" / "fio" / "hot-4k-psync.f
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """One boot: ext4 x stable_writes 0, 1 x the fio job; OUT and its report.json."""
-    missing = missing_prerequisite()
-    if missing is not None:
-        if REQUIRED:
-            pytest.fail(f"VM tier prerequisite missing: {missing}")
-        pytest.skip(f"VM tier prerequisite missing: {missing}")
+    require_vm()
     out = tmp_path_factory.mktemp("vmfio") / "out"
     options = RunOptions(out=out, filesystems=("ext4",), stable_writes=(0, 1),
                          workloads=(f"fio:{JOB}",), seed=2030, nbdkit_threads=1)  # fmt: skip

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from nbdfork.experiments.matrix.session import RunOptions, RunSession
-from tests.test_vm import REQUIRED, missing_prerequisite
+from tests.test_vm import require_vm
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -28,11 +28,7 @@ FILESYSTEMS = ("ext4", "xfs", "btrfs")
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """One boot: ext4, xfs, btrfs x stable_writes=0 x pwrite; OUT and its report.json."""
-    missing = missing_prerequisite()
-    if missing is not None:
-        if REQUIRED:
-            pytest.fail(f"VM tier prerequisite missing: {missing}")
-        pytest.skip(f"VM tier prerequisite missing: {missing}")
+    require_vm()
     out = tmp_path_factory.mktemp("vmformats") / "out"
     options = RunOptions(out=out, filesystems=FILESYSTEMS, stable_writes=(0,), seconds=SECONDS,
                          seed=2027, mkfs_each_run=True)  # fmt: skip

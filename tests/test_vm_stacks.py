@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from nbdfork.experiments.matrix.session import DEFAULT_DEVICE, RunOptions, RunSession
-from tests.test_vm import REQUIRED, missing_prerequisite
+from tests.test_vm import require_vm
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -22,11 +22,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """One boot: btrfs and md-raid1 (ext4) x odirect_churn, pwrite; report.json's runs."""
-    missing = missing_prerequisite()
-    if missing is not None:
-        if REQUIRED:
-            pytest.fail(f"VM tier prerequisite missing: {missing}")
-        pytest.skip(missing)
+    require_vm()
     options = RunOptions(
         out=tmp_path_factory.mktemp("stacks") / "out", stacks=("btrfs", "md-raid1"),
         filesystems=("ext4",), stable_writes=(0,), workloads=("odirect_churn", "pwrite"),
@@ -73,11 +69,7 @@ def test_a_damaged_leg_is_seen_by_md_check_and_the_mirror_comparison(
 def damaged_integrity(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One boot: dm-integrity D (ext4, pwrite) with 5% of the WRITEs to 16M..120M of its device
     changed in flight (past the superblock and journal, so the target still opens)."""
-    missing = missing_prerequisite()
-    if missing is not None:
-        if REQUIRED:
-            pytest.fail(f"VM tier prerequisite missing: {missing}")
-        pytest.skip(missing)
+    require_vm()
     options = RunOptions(
         out=tmp_path_factory.mktemp("integrity") / "out", stacks=("dm-integrity:D",),
         filesystems=("ext4",), stable_writes=(0,), workloads=("pwrite",), seconds=3.0,
