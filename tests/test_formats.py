@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 from collections import Counter
@@ -477,3 +478,19 @@ def test_ext4_dir_block_of_a_reused_inode_waits_for_its_inode(tmp_path: Path, te
         ("ext4.dir", Verdict.TORN if tear else Verdict.OK)
     ]
     assert later[0].reason == "judged when inode 2's seed was confirmed by a later WRITE"
+
+
+def test_random_bytes_with_the_superblock_magic_are_no_superblock(tmp_path: Path) -> None:
+    """The magic and the metadata_csum bit in otherwise random bytes (as a VM run found in
+    dm-integrity's tag area: "group 27738") are not judged; the real superblock still is,
+    torn when a byte of it changes."""
+    rng = random.Random(7)
+    lookalike = bytearray(rng.randbytes(2048))
+    lookalike[1024 + 0x38 : 1024 + 0x3A] = b"\x53\xef"
+    lookalike[1024 + 0x65] |= 0x04  # ro_compat bit 10: metadata_csum
+    assert Ext4Format().scan(memoryview(bytes(lookalike)), 0) == []
+    real = ext4_image(tmp_path).read_bytes()[:2048]
+    assert [(b.kind, b.verdict) for b in Ext4Format().scan(memoryview(real), 0)] == [
+        ("ext4.super", Verdict.OK)]
+    torn = Ext4Format().scan(memoryview(flipped(real, 1024 + 0x78)), 0)  # the volume name
+    assert [(b.kind, b.verdict) for b in torn] == [("ext4.super", Verdict.TORN)]

@@ -38,6 +38,9 @@ SB_OFFSET: Final = 1024
 _SB_SIZE: Final = 1024
 _SB_CSUM: Final = 0x3FC
 _RO_METADATA_CSUM: Final = 0x400
+_MAX_LOG_BLOCK: Final = 6  # s_log_block_size: 1 KiB << 6 = 64 KiB, the largest ext4 block
+_DYNAMIC_REV: Final = 1  # s_rev_level: metadata_csum needs the dynamic revision
+_CRC32C: Final = 1  # s_checksum_type: the one metadata_csum type
 _RO_SPARSE_SUPER: Final = 0x1
 _INCOMPAT_64BIT: Final = 0x80
 _INCOMPAT_META_BG: Final = 0x10
@@ -108,6 +111,18 @@ class Ext4Geometry:
             if n == group:
                 return True
         return False
+
+
+def _plausible(sb: memoryview) -> bool:
+    """Whether a 1 KiB piece with the magic and the metadata_csum bit is a superblock: those 17
+    bits alone turn up in random data (dm-integrity's tag area, a file's contents) once per
+    ~128 MiB, and the crc then fails: a torn superblock that nobody wrote. Its block size,
+    revision and checksum type must also be what ext4 writes (2^-69 per KiB by chance)."""
+    return (
+        _U32.unpack_from(sb, 0x18)[0] <= _MAX_LOG_BLOCK
+        and _U32.unpack_from(sb, 0x4C)[0] == _DYNAMIC_REV
+        and sb[0x175] == _CRC32C
+    )
 
 
 def _geometry(sb: memoryview) -> Ext4Geometry:
@@ -253,7 +268,7 @@ class Ext4Format:
             sb = data[start:]
             if len(sb) < _SB_SIZE or sb[0x39] != 0xEF:
                 continue
-            if not _U32.unpack_from(sb, 0x64)[0] & _RO_METADATA_CSUM:
+            if not _U32.unpack_from(sb, 0x64)[0] & _RO_METADATA_CSUM or not _plausible(sb):
                 continue
             want = _U32.unpack_from(sb, _SB_CSUM)[0]
             ok = crc32c_raw(_MASK, sb[:_SB_CSUM]) == want
