@@ -31,14 +31,14 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from nbdfork.device.requests import SECTOR_SIZE
 from nbdfork.oracle.stamp import Buffer
 
 __all__ = ["INTEGRITY_MAGIC", "Layers", "integrity_journal"]
 
 INTEGRITY_MAGIC: Final = b"integrt\x00"
 _SB_SECTORS: Final = 8
-_SECTOR: Final = 512
-_JOURNAL_SECTOR_DATA: Final = _SECTOR - 8  # a journal sector ends with its commit id
+_JOURNAL_SECTOR_DATA: Final = SECTOR_SIZE - 8  # a journal sector ends with its commit id
 _JOURNAL_BLOCK_SECTORS: Final = 8
 _JOURNAL_MAC_PER_SECTOR: Final = 8
 _FLAG_HAVE_JOURNAL_MAC: Final = 0x1
@@ -49,9 +49,8 @@ _SB: Final = struct.Struct("<8sBBHIQIB")
 
 @dataclass(frozen=True, slots=True)
 class Journal:
-    """A layer's journal: bytes [start, end) of the device, written by `connection`."""
+    """dm-integrity's journal: bytes [start, end) of the device, written by `connection`."""
 
-    layer: str
     start: int
     end: int
     connection: int
@@ -72,7 +71,7 @@ def integrity_journal(sb: bytes) -> tuple[int, int] | None:
     if per_sector == 0:
         return None
     section = ((per_sector * _JOURNAL_BLOCK_SECTORS) << log2_spb) + _JOURNAL_BLOCK_SECTORS
-    return _SB_SECTORS * _SECTOR, (_SB_SECTORS + sections * section) * _SECTOR
+    return _SB_SECTORS * SECTOR_SIZE, (_SB_SECTORS + sections * section) * SECTOR_SIZE
 
 
 class Layers:
@@ -87,7 +86,7 @@ class Layers:
         if extent is None:
             self.journal = None
         else:
-            self.journal = Journal("dm-integrity", *extent, connection)
+            self.journal = Journal(*extent, connection)
 
     def inside(self, offset: int, length: int) -> bool:
         """Whether the WRITE lies wholly in a layer's journal."""
